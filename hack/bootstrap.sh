@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install everything the demo and the tests need on a fresh Debian machine: redis-server and
+# PostgreSQL from Debian, a virtualenv in .venv with the project and its test tools, and the
+# control-plane binaries built from the Go module proxy (cached in ~/.cache/memoria-operator).
+# Safe to run again: each step skips what is already there.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+sudo_if_needed() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+packages=()
+command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  packages+=(postgresql)
+fi
+command -v go >/dev/null 2>&1 || { say "Go is required (https://go.dev/dl); this machine has none"; exit 1; }
+if ((${#packages[@]})); then
+  say "installing Debian packages: ${packages[*]}"
+  sudo_if_needed apt-get update -q >/dev/null
+  # the packages' own services are not wanted: tests and the demo start private servers
+  DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -q --no-install-recommends \
+    "${packages[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  say "creating .venv"
+  "$python" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [[ ! -f $stamp ]]; then
+  say "installing the project and its test tools into .venv"
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[test]'
+  rm -f .venv/.installed-* && touch "$stamp"
+fi
+
+bash hack/build-k8s-binaries.sh >/dev/null
+say "ready"

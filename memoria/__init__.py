@@ -1,0 +1,1 @@
+"""Memoria region runtime."""

@@ -1,0 +1,1 @@
+"""memoria-operator: run Memoria regions on Kubernetes."""

@@ -1,0 +1,272 @@
+"""A local Kubernetes control plane made of real processes: etcd, kube-apiserver and (for owner
+references to be honoured) kube-controller-manager with only its garbage-collector and namespace
+controllers. envtest-style: generated PKI, RBAC authorization, an admin client certificate, a
+service-account signing key, a kubeconfig; everything on free loopback ports in one temp dir.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import ssl
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .binaries import Binaries, ensure_binaries
+from .certs import CertificateAuthority, service_account_signing_key
+from .processes import ManagedProcess, free_port, terminate_pid, wait_until
+
+HOST = "127.0.0.1"
+SERVICE_CIDR = "10.96.0.0/24"  # never routed: no kube-proxy runs here, it only sizes ClusterIPs
+
+
+def kubeconfig_document(
+    server: str, ca_pem: bytes, user: str, **credentials: str
+) -> dict[str, Any]:
+    """A one-context kubeconfig; ``credentials`` are the user's fields (client cert, token)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "memoria-local",
+                "cluster": {
+                    "server": server,
+                    "certificate-authority-data": base64.b64encode(ca_pem).decode(),
+                },
+            }
+        ],
+        "users": [{"name": user, "user": credentials}],
+        "contexts": [
+            {"name": "memoria-local", "context": {"cluster": "memoria-local", "user": user}}
+        ],
+        "current-context": "memoria-local",
+    }
+
+
+class LocalControlPlane:
+    """Start with :meth:`start`, stop with :meth:`stop` (or use it as a context manager)."""
+
+    def __init__(
+        self,
+        binaries: Binaries | None = None,
+        workdir: Path | None = None,
+        controller_manager: bool = True,
+    ) -> None:
+        self.binaries = binaries or ensure_binaries(("etcd", "kubernetes"))
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="memoria-testenv-"))
+        self.with_controller_manager = controller_manager
+        self.etcd_port = free_port(HOST)
+        self.etcd_peer_port = free_port(HOST)
+        self.api_port = free_port(HOST)
+        self.server = f"https://{HOST}:{self.api_port}"
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.ca = CertificateAuthority()
+        self.processes: list[ManagedProcess] = []
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def _write_pki(self) -> dict[str, Path]:
+        pki = self.workdir / "pki"
+        pki.mkdir(parents=True, exist_ok=True)
+        paths: dict[str, Path] = {"ca": pki / "ca.crt"}
+        paths["ca"].write_bytes(self.ca.cert_pem)
+        hosts = [HOST, "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+        paths["serving_cert"], paths["serving_key"] = self.ca.serving(hosts).write(pki, "apiserver")
+        paths["admin_cert"], paths["admin_key"] = self.ca.client(
+            "memoria-admin", ("system:masters",)
+        ).write(pki, "admin")
+        paths["kcm_cert"], paths["kcm_key"] = self.ca.client(
+            "system:kube-controller-manager"
+        ).write(pki, "controller-manager")
+        paths["sa_pub"], paths["sa_key"] = service_account_signing_key().write(pki, "sa")
+        return paths
+
+    def _client_kubeconfig(self, path: Path, user: str, cert: Path, key: Path) -> None:
+        doc = kubeconfig_document(
+            self.server,
+            self.ca.cert_pem,
+            user,
+            **{
+                "client-certificate-data": base64.b64encode(cert.read_bytes()).decode(),
+                "client-key-data": base64.b64encode(key.read_bytes()).decode(),
+            },
+        )
+        path.write_text(yaml.safe_dump(doc))
+        path.chmod(0o600)
+
+    def _etcd(self) -> ManagedProcess:
+        data = self.workdir / "etcd-data"
+        client = f"http://{HOST}:{self.etcd_port}"
+        peer = f"http://{HOST}:{self.etcd_peer_port}"
+        argv = [
+            str(self.binaries.etcd),
+            "--name=memoria-local",
+            f"--data-dir={data}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=memoria-local={peer}",
+            "--listen-metrics-urls=",
+            # test data only: durability across power loss is not needed, speed is
+            "--unsafe-no-fsync",
+            "--log-level=warn",
+        ]
+        return ManagedProcess("etcd", argv, self.workdir / "etcd.log")
+
+    def _apiserver(self, pki: dict[str, Path]) -> ManagedProcess:
+        argv = [
+            str(self.binaries.kube_apiserver),
+            f"--etcd-servers=http://{HOST}:{self.etcd_port}",
+            f"--bind-address={HOST}",
+            f"--advertise-address={HOST}",
+            f"--secure-port={self.api_port}",
+            f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            f"--tls-cert-file={pki['serving_cert']}",
+            f"--tls-private-key-file={pki['serving_key']}",
+            f"--client-ca-file={pki['ca']}",
+            f"--service-account-key-file={pki['sa_pub']}",
+            f"--service-account-signing-key-file={pki['sa_key']}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            "--authorization-mode=RBAC",
+            # the kubernetes Service cannot point at loopback; nothing in-cluster needs it here
+            "--endpoint-reconciler-type=none",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=0",
+        ]
+        return ManagedProcess("kube-apiserver", argv, self.workdir / "kube-apiserver.log")
+
+    def _controller_manager(self, kubeconfig: Path) -> ManagedProcess:
+        argv = [
+            str(self.binaries.kube_controller_manager),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            # Deployments stay as the operator writes them (no kubelet would run their pods);
+            # the garbage collector makes owner references real, the namespace controller lets
+            # test namespaces be deleted.
+            "--controllers=garbagecollector,namespace",
+            "--leader-elect=false",
+            f"--bind-address={HOST}",
+            f"--secure-port={free_port(HOST)}",
+            f"--cert-dir={self.workdir / 'kcm-certs'}",
+            "--v=0",
+        ]
+        return ManagedProcess(
+            "kube-controller-manager", argv, self.workdir / "kube-controller-manager.log"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.workdir / "pki" / "ca.crt"))
+        ctx.load_cert_chain(
+            str(self.workdir / "pki" / "admin.crt"), str(self.workdir / "pki" / "admin.key")
+        )
+        return ctx
+
+    def _get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(  # noqa: S310 - https to our own loopback server
+                self.server + path, context=self._ssl_context(), timeout=5
+            ) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+        except (urllib.error.URLError, OSError) as exc:
+            return 0, str(exc)
+
+    def ready(self) -> bool:
+        status, _ = self._get("/readyz")
+        return status == 200
+
+    def start(self, timeout: float = 120.0, *, detached: bool = False) -> None:
+        pki = self._write_pki()
+        self._client_kubeconfig(
+            self.kubeconfig, "memoria-admin", pki["admin_cert"], pki["admin_key"]
+        )
+        etcd = self._etcd()
+        self.processes.append(etcd)
+        etcd.start(detached=detached)
+        apiserver = self._apiserver(pki)
+        self.processes.append(apiserver)
+        apiserver.start(detached=detached)
+
+        def tails() -> str:
+            return "\n".join(p.log_tail() for p in self.processes)
+
+        def up() -> bool:
+            for p in self.processes:
+                if not p.running:
+                    raise RuntimeError(f"{p.name} exited during start-up\n{tails()}")
+            return self.ready()
+
+        try:
+            wait_until(up, timeout, f"kube-apiserver {self.server}/readyz", 0.25, tails)
+            if self.with_controller_manager:
+                kcm_config = self.workdir / "controller-manager.kubeconfig"
+                self._client_kubeconfig(
+                    kcm_config, "system:kube-controller-manager", pki["kcm_cert"], pki["kcm_key"]
+                )
+                kcm = self._controller_manager(kcm_config)
+                self.processes.append(kcm)
+                kcm.start(detached=detached)
+        except BaseException:
+            self.stop()
+            raise
+        self._write_state()
+
+    def _write_state(self) -> None:
+        state = {
+            "kubeconfig": str(self.kubeconfig),
+            "server": self.server,
+            "workdir": str(self.workdir),
+            "processes": [
+                {"name": p.name, "pid": p.pid, "binary": p.argv[0]} for p in self.processes
+            ],
+        }
+        (self.workdir / "state.json").write_text(json.dumps(state, indent=2))
+
+    def stop(self) -> None:
+        """Stop every process (newest first) and remove the working directory."""
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.processes.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalControlPlane:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- identities --------------------------------------------------------------------------
+
+    def kubeconfig_for_user(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig authenticating as ``user`` by a client certificate signed by the CA."""
+        safe = "".join(c if c.isalnum() else "-" for c in user)
+        cert, key = self.ca.client(user, groups).write(self.workdir / "pki", f"user-{safe}")
+        path = self.workdir / f"user-{safe}.kubeconfig"
+        self._client_kubeconfig(path, user, cert, key)
+        return path
+
+
+def stop_from_state(workdir: Path) -> list[str]:
+    """Stop a control plane started detached (``testenv up``) from its state file."""
+    state = json.loads((workdir / "state.json").read_text())
+    stopped = []
+    for proc in reversed(state["processes"]):
+        if proc["pid"] and terminate_pid(proc["pid"], proc["binary"]):
+            stopped.append(proc["name"])
+    shutil.rmtree(workdir, ignore_errors=True)
+    return stopped
