@@ -1,0 +1,73 @@
+"""Prometheus metrics of one runtime instance (its own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class RuntimeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.writes = Counter(
+            "memoria_writes", "Memory writes accepted, by operation", ["op"], registry=r
+        )
+        self.published = Counter(
+            "memoria_sync_events_published", "Sync events handed to the broker", registry=r
+        )
+        self.received = Counter(
+            "memoria_sync_events_received", "Sync events received from the broker", registry=r
+        )
+        self.applied = Counter(
+            "memoria_sync_events_applied", "Inbound sync events applied to the store", registry=r
+        )
+        self.dropped = Counter(
+            "memoria_sync_events_dropped",
+            "Sync events not published or not applied, by reason "
+            "(privacy_out, privacy_in, own_origin, duplicate, malformed, stale)",
+            ["reason"],
+            registry=r,
+        )
+        self.broker_errors = Counter(
+            "memoria_sync_publish_failures",
+            "Publish attempts that found the broker down",
+            registry=r,
+        )
+        self.decrements = Counter(
+            "memoria_decrement_runs",
+            "Daily decrement attempts, by result (ran, already, stale, remote_ran)",
+            ["result"],
+            registry=r,
+        )
+        self.leader = Gauge(
+            "memoria_scheduler_leader",
+            "1 while this region may run the daily decrement",
+            registry=r,
+        )
+        self.scheduler_active = Gauge(
+            "memoria_scheduler_active", "1 while the decrement timer is armed", registry=r
+        )
+        self.fencing_token = Gauge(
+            "memoria_fencing_token", "Lease transition count this region leads with", registry=r
+        )
+        self._outbox = Gauge(
+            "memoria_sync_outbox_depth",
+            "Events waiting in the outbox for the broker",
+            registry=r,
+        )
+        self._reconnects = Gauge(
+            "memoria_sync_listener_reconnects",
+            "Times the sync listener lost its connection and reconnected (since start)",
+            registry=r,
+        )
+
+    def track_outbox(self, depth: Callable[[], float]) -> None:
+        self._outbox.set_function(depth)
+
+    def track_reconnects(self, count: Callable[[], float]) -> None:
+        self._reconnects.set_function(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

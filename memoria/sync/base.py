@@ -1,0 +1,173 @@
+"""What every sync backend offers, and the reconnecting listener thread they share.
+
+Shape (the guide's): ``Backend(url, channel=...)``, ``.publish(event)``,
+``.subscribe(handler) -> subscription``, ``subscription.close()``, ``.close()``.
+
+Beyond the guide, :meth:`SyncBackend.subscribe_batches` hands over batches of
+:class:`~memoria.sync.events.Delivery` with their journal positions and resumes after a given
+position, which is what lets a subscriber apply each event exactly once: it commits the position
+with the events it applied, and after any gap (its own restart, a broker restart, a network cut)
+it resumes from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..errors import EventFormatError
+from .events import Delivery, SyncEvent
+
+log = logging.getLogger("memoria.sync")
+
+Handler = Callable[[SyncEvent], None]
+BatchHandler = Callable[[list[Delivery]], None]
+
+#: resume position meaning "everything the journal still holds"
+BEGINNING = "0"
+
+
+@dataclass
+class ListenerStats:
+    reconnects: int = 0
+    delivered: int = 0
+    connected: bool = False
+
+
+class Backoff:
+    """Exponential backoff with jitter, capped, reset after a success."""
+
+    def __init__(self, first: float = 0.05, cap: float = 5.0) -> None:
+        self.first, self.cap, self.current = first, cap, first
+
+    def next(self) -> float:
+        delay = self.current * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not crypto
+        self.current = min(self.cap, self.current * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.first
+
+
+def decode(raw: str, position: str | None) -> Delivery:
+    try:
+        return Delivery(SyncEvent.from_json(raw), position)
+    except EventFormatError as exc:
+        return Delivery(None, position, str(exc), raw[:200])
+
+
+class Subscription(threading.Thread):
+    """A daemon thread that keeps a subscription alive forever: connect, catch up, stream;
+    on any error log once, back off, reconnect, resume after the last handled position.
+
+    A batch whose handler raises is not acknowledged: it is offered again after a backoff, so
+    a subscriber's failure (say its store is down) loses nothing either.
+    """
+
+    def __init__(self, name: str, handler: BatchHandler, after: str | None) -> None:
+        super().__init__(name=name, daemon=True)
+        self.handler = handler
+        self.position = after
+        self.stats = ListenerStats()
+        self.stopping = threading.Event()
+        self._outage_logged = False
+
+    # subclasses: one connected session; return when stopping, raise on a broken connection
+    @abstractmethod
+    def session(self) -> None: ...
+
+    def hand_over(self, batch: list[Delivery]) -> None:
+        if not batch:
+            return
+        self.handler(batch)
+        self.stats.delivered += len(batch)
+        last = batch[-1].position
+        if last is not None:
+            self.position = last
+
+    def connected(self) -> None:
+        self.stats.connected = True
+        if self._outage_logged:
+            log.info("%s: reconnected; resuming after position %s", self.name, self.position)
+            self._outage_logged = False
+
+    def run(self) -> None:
+        backoff = Backoff()
+        while not self.stopping.is_set():
+            try:
+                self.session()
+                backoff.reset()
+            except Exception as exc:  # any failure: the listener must survive it
+                self.stats.connected = False
+                if self.stopping.is_set():
+                    break
+                self.stats.reconnects += 1
+                if not self._outage_logged:
+                    # once per outage, not once per retry
+                    log.warning(
+                        "%s: connection lost (%s); reconnecting with backoff", self.name, exc
+                    )
+                    self._outage_logged = True
+                self.stopping.wait(backoff.next())
+        self.stats.connected = False
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Release connections (called on the listener thread when it ends)."""
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.stopping.set()
+        self.wake()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+
+    def wake(self) -> None:
+        """Interrupt a blocking read so :meth:`close` returns quickly."""
+
+
+class SyncBackend(ABC):
+    """A transport for sync events between regions."""
+
+    name: str
+
+    def publish(self, event: SyncEvent) -> None:
+        """Publish one event; raises :class:`~memoria.errors.BrokerUnavailable` if down."""
+        self.publish_many([event])
+
+    @abstractmethod
+    def publish_many(self, events: Sequence[SyncEvent]) -> None:
+        """Publish events in order, all or (on BrokerUnavailable) possibly some of them."""
+
+    def subscribe(self, handler: Handler, *, after: str | None = None) -> Subscription:
+        """Call ``handler`` for each valid event; malformed payloads are logged and skipped."""
+
+        def each(batch: list[Delivery]) -> None:
+            for delivery in batch:
+                if delivery.event is None:
+                    log.warning("skipping malformed sync payload: %s", delivery.error)
+                    continue
+                handler(delivery.event)
+
+        return self.subscribe_batches(each, after=after)
+
+    @abstractmethod
+    def subscribe_batches(self, handler: BatchHandler, *, after: str | None = None) -> Subscription:
+        """Deliver batches in journal order, resuming after ``after`` (``None``: from now,
+        :data:`BEGINNING`: everything still journaled)."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise if the broker cannot be reached."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every subscription and connection."""
+
+    @property
+    @abstractmethod
+    def source_id(self) -> str:
+        """Identifies the journal positions refer to (kind, location, channel), no secrets."""

@@ -1,0 +1,320 @@
+"""PostgreSQL backend: LISTEN/NOTIFY for live delivery, a JSONB journal table for replay.
+
+With ``table`` set (schema-qualified names such as ``infra.memoria_sync_events`` work; schema and
+table are created on first use), each publish is one transaction that appends the events to the
+journal and sends one NOTIFY per event carrying the event and its journal id. Publishers take a
+transaction-scoped advisory lock on the table, so journal ids are assigned in commit order: a
+subscriber that stores "last id applied" and later reads ``WHERE id > last`` can never skip an
+event that committed late. Subscribers LISTEN first, then catch up from the journal, then follow
+the notifications, skipping ids they have already seen; so nothing falls between the two.
+
+NOTIFY payloads are limited to 8000 bytes. A larger event is sent as a pointer (``journal_id``
+only) and read from the table; without a table it is split into numbered chunks that the
+subscriber joins (notifications of one transaction arrive together and in order).
+
+Without a table delivery is live only: a subscriber that is disconnected misses what is
+published meanwhile. The runtime warns about that at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..errors import BrokerUnavailable, EventFormatError
+from ..settings import mask_url
+from .base import BEGINNING, BatchHandler, Subscription, SyncBackend
+from .events import Delivery, SyncEvent
+
+log = logging.getLogger("memoria.sync")
+
+NOTIFY_LIMIT = 7900  # bytes; PostgreSQL refuses payloads of 8000 bytes and more
+_CHUNK_MARK = "\x1echunk:"
+_CATCH_UP_BATCH = 2000
+_IDLE_RECHECK = 10.0  # seconds without notifications before re-reading the journal anyway
+
+
+def _split_utf8(text: str, limit: int) -> list[str]:
+    """Split ``text`` into pieces whose UTF-8 encoding is at most ``limit`` bytes."""
+    data, pieces, start = text.encode(), [], 0
+    while start < len(data):
+        end = min(start + limit, len(data))
+        while end < len(data) and (data[end] & 0xC0) == 0x80:  # not inside a character
+            end -= 1
+        pieces.append(data[start:end].decode())
+        start = end
+    return pieces
+
+
+def _delivery(data: Any, position: str | None) -> Delivery:
+    try:
+        return Delivery(SyncEvent.from_dict(data), position)
+    except EventFormatError as exc:
+        return Delivery(None, position, str(exc), json.dumps(data)[:200])
+
+
+class _PostgresSubscription(Subscription):
+    def __init__(self, backend: PostgresSyncBackend, handler: BatchHandler, after: str | None):
+        super().__init__(f"postgres-listener[{backend.channel}]", handler, after)
+        self.backend = backend
+        self.conn: psycopg.Connection[Any] | None = None
+        self._chunks: dict[str, list[str]] = {}
+
+    def session(self) -> None:
+        backend = self.backend
+        conn = psycopg.connect(backend.dsn, autocommit=True, connect_timeout=3)
+        self.conn = conn
+        try:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(backend.channel)))
+            if backend.table:
+                backend.ensure_journal(conn)
+                if self.position is None:  # "from now"
+                    row = conn.execute(
+                        sql.SQL("SELECT COALESCE(MAX(id), 0) FROM {} WHERE channel = %s").format(
+                            backend.table_ident
+                        ),
+                        (backend.channel,),
+                    ).fetchone()
+                    self.position = str(row[0] if row else 0)
+                self.catch_up(conn)
+            self.connected()
+            idle_since = time.monotonic()
+            while not self.stopping.is_set():
+                notes = list(conn.notifies(timeout=0.5, stop_after=1))
+                if not notes:
+                    if backend.table and time.monotonic() - idle_since > _IDLE_RECHECK:
+                        self.catch_up(conn)  # a cheap safety net; normally finds nothing
+                        idle_since = time.monotonic()
+                    continue
+                while len(notes) < 1000:
+                    more = list(conn.notifies(timeout=0, stop_after=1000))
+                    if not more:
+                        break
+                    notes.extend(more)
+                idle_since = time.monotonic()
+                self.hand_over(self.decode_notes(conn, [n.payload for n in notes]))
+        finally:
+            conn.close()
+
+    def _last_id(self) -> int:
+        return 0 if self.position in (None, BEGINNING) else int(self.position or 0)
+
+    def catch_up(self, conn: psycopg.Connection[Any]) -> None:
+        query = sql.SQL(
+            "SELECT id, payload::text FROM {} WHERE channel = %s AND id > %s ORDER BY id LIMIT %s"
+        ).format(self.backend.table_ident)
+        while not self.stopping.is_set():
+            rows = conn.execute(query, (self.backend.channel, self._last_id(), _CATCH_UP_BATCH))
+            batch = [_delivery(json.loads(text), str(jid)) for jid, text in rows.fetchall()]
+            if not batch:
+                return
+            self.hand_over(batch)
+
+    def decode_notes(self, conn: psycopg.Connection[Any], payloads: list[str]) -> list[Delivery]:
+        batch: list[Delivery] = []
+        last = self._last_id()
+        for payload in payloads:
+            if payload.startswith(_CHUNK_MARK):
+                joined = self._join_chunk(payload)
+                if joined is not None:
+                    batch.append(self._parse(joined, None))
+                continue
+            if not self.backend.table:
+                batch.append(self._parse(payload, None))
+                continue
+            try:
+                data = json.loads(payload)
+                jid = int(data["journal_id"])
+            except (ValueError, KeyError, TypeError):
+                # not one of ours (someone NOTIFYing on the channel by hand): report and skip
+                batch.append(Delivery(None, None, "notification without journal_id", payload[:200]))
+                continue
+            if jid <= last:
+                continue  # already delivered by the catch-up
+            if data.get("truncated"):
+                row = conn.execute(
+                    sql.SQL("SELECT payload::text FROM {} WHERE id = %s").format(
+                        self.backend.table_ident
+                    ),
+                    (jid,),
+                ).fetchone()
+                data = json.loads(row[0]) if row else {}
+            batch.append(_delivery(data, str(jid)))
+            last = jid
+        return batch
+
+    @staticmethod
+    def _parse(raw: str, position: str | None) -> Delivery:
+        try:
+            return _delivery(json.loads(raw), position)
+        except ValueError as exc:
+            return Delivery(None, position, f"not JSON: {exc}", raw[:200])
+
+    def _join_chunk(self, payload: str) -> str | None:
+        header, _, piece = payload[len(_CHUNK_MARK) :].partition("|")
+        try:
+            event_id, index, count = header.split(":")
+            i, n = int(index), int(count)
+        except ValueError:
+            return None
+        parts = self._chunks.setdefault(event_id, [""] * n)
+        parts[i] = piece
+        if i == n - 1:
+            del self._chunks[event_id]
+            return "".join(parts)
+        return None
+
+
+class PostgresSyncBackend(SyncBackend):
+    name = "postgres"
+
+    def __init__(self, dsn: str, channel: str = "memoria_sync", table: str | None = None) -> None:
+        self.dsn = dsn
+        self.channel = channel
+        self.table = table or None
+        parts = tuple(self.table.split(".")) if self.table else ()
+        self.table_ident = sql.Identifier(*parts) if parts else sql.Identifier("")
+        self._schema = parts[0] if len(parts) == 2 else None
+        # advisory lock key for this journal: publishers serialise on it until commit
+        self._lock_key = zlib.crc32(f"memoria-journal:{self.table}".encode()) & 0x7FFFFFFF
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+        self._journal_ready = False
+        self._subs: list[Subscription] = []
+
+    @property
+    def source_id(self) -> str:
+        return f"postgres|{mask_url(self.dsn)}|{self.table or '-'}|{self.channel}"
+
+    def ensure_journal(self, conn: psycopg.Connection[Any]) -> None:
+        if not self.table or self._journal_ready:
+            return
+        statements: list[sql.Composed] = []
+        if self._schema:
+            statements.append(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema))
+            )
+        statements += [
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                " id BIGSERIAL PRIMARY KEY,"
+                " channel TEXT NOT NULL,"
+                " event_id TEXT NOT NULL,"
+                " payload JSONB NOT NULL,"
+                " created_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            ).format(self.table_ident),
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (channel, id)").format(
+                sql.Identifier(f"{self.table.split('.')[-1]}_by_channel"), self.table_ident
+            ),
+        ]
+        with conn.transaction():
+            # concurrent CREATE ... IF NOT EXISTS can still collide: serialise them
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+            for statement in statements:
+                conn.execute(statement)
+        self._journal_ready = True
+
+    def _publisher(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3)
+            self.ensure_journal(self._conn)
+        return self._conn
+
+    def _notifications(self, events: Sequence[SyncEvent], ids: list[int]) -> list[str]:
+        notes: list[str] = []
+        for i, event in enumerate(events):
+            data = event.to_dict()
+            if self.table:
+                data["journal_id"] = ids[i]
+                text = json.dumps(data, separators=(",", ":"))
+                if len(text.encode()) > NOTIFY_LIMIT:
+                    text = json.dumps(
+                        {"journal_id": ids[i], "event_id": event.event_id, "truncated": True}
+                    )
+                notes.append(text)
+                continue
+            text = json.dumps(data, separators=(",", ":"))
+            if len(text.encode()) <= NOTIFY_LIMIT:
+                notes.append(text)
+                continue
+            pieces = _split_utf8(text, NOTIFY_LIMIT - 100)
+            notes += [
+                f"{_CHUNK_MARK}{event.event_id}:{i}:{len(pieces)}|{piece}"
+                for i, piece in enumerate(pieces)
+            ]
+        return notes
+
+    def publish_many(self, events: Sequence[SyncEvent]) -> None:
+        if not events:
+            return
+        with self._lock:
+            try:
+                conn = self._publisher()
+                with conn.transaction():
+                    ids: list[int] = []
+                    if self.table:
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+                        with conn.cursor() as cur:
+                            cur.executemany(
+                                sql.SQL(
+                                    "INSERT INTO {} (channel, event_id, payload) "
+                                    "VALUES (%s, %s, %s::jsonb) RETURNING id"
+                                ).format(self.table_ident),
+                                [(self.channel, e.event_id, e.to_json()) for e in events],
+                                returning=True,
+                            )
+                            while True:
+                                row = cur.fetchone()
+                                if row is not None:
+                                    ids.append(int(row[0]))
+                                if not cur.nextset():
+                                    break
+                    conn.execute(
+                        "SELECT pg_notify(%s, note) FROM unnest(%s::text[]) AS note",
+                        (self.channel, self._notifications(events, ids)),
+                    )
+            except psycopg.OperationalError as exc:
+                self._drop_connection()
+                raise BrokerUnavailable(f"postgres at {mask_url(self.dsn)}: {exc}") from None
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def subscribe_batches(self, handler: BatchHandler, *, after: str | None = None) -> Subscription:
+        if self.table is None:
+            log.warning(
+                "postgres sync on channel %s has no journal table: a subscriber that is "
+                "disconnected misses events; set MEMORIA_SYNC__TABLE to make them replayable",
+                self.channel,
+            )
+        sub = _PostgresSubscription(self, handler, after)
+        sub.start()
+        self._subs.append(sub)
+        return sub
+
+    def ping(self) -> None:
+        with self._lock:
+            try:
+                self._publisher().execute("SELECT 1")
+            except psycopg.OperationalError as exc:
+                self._drop_connection()
+                raise BrokerUnavailable(f"postgres at {mask_url(self.dsn)}: {exc}") from None
+
+    def close(self) -> None:
+        for sub in self._subs:
+            sub.close()
+        self._subs.clear()
+        with self._lock:
+            self._drop_connection()

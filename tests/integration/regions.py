@@ -1,0 +1,136 @@
+"""Two-region harness for sync tests: real stores, real brokers, the real coordinator."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memoria.metrics import RuntimeMetrics
+from memoria.settings import MemoriaSettings, SyncSettings
+from memoria.store import MemoryStore
+from memoria.sync.coordinator import SyncCoordinator
+
+
+@dataclass
+class Broker:
+    """How to reach one backend from each region (URLs may differ: a Redis replica)."""
+
+    backend: str
+    publish_url: str
+    subscribe_url: str
+    table: str | None = None
+    channel: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+
+    def sync(
+        self, *, reader: bool, floor: int = -15, ceiling: int = 15, **extra: Any
+    ) -> SyncSettings:
+        return SyncSettings(
+            enabled=True,
+            backend=self.backend,  # type: ignore[arg-type]
+            connection_url=(self.subscribe_url if reader else self.publish_url) or None,
+            channel=self.channel,
+            table=self.table,
+            privacy_floor=floor,
+            privacy_ceiling=ceiling,
+            **extra,
+        )
+
+
+class Region:
+    def __init__(self, name: str, store_url: str, sync: SyncSettings) -> None:
+        self.name = name
+        self.store_url = store_url
+        self.settings = MemoriaSettings(region=name, sync=sync)
+        self.store = MemoryStore(store_url)
+        self.metrics = RuntimeMetrics()
+        self.coordinator = SyncCoordinator(self.settings, self.store, self.metrics)
+        self.past_metrics: list[RuntimeMetrics] = []  # of earlier incarnations (restarts)
+
+    def start(self) -> Region:
+        self.coordinator.start()
+        return self
+
+    def stop(self, flush_timeout: float = 5.0) -> None:
+        self.coordinator.stop(flush_timeout)
+        self.store.close()
+
+    def restart(self) -> None:
+        """Stop and start again on the same store (same cursor, same outbox)."""
+        self.stop()
+        self.store = MemoryStore(self.store_url)
+        self.past_metrics.append(self.metrics)
+        self.metrics = RuntimeMetrics()
+        self.coordinator = SyncCoordinator(self.settings, self.store, self.metrics)
+        self.start()
+
+    def write(self, text: str, y: float, namespace: str = "default", x: float = 0.0) -> str:
+        memory = self.coordinator.create_memory(
+            namespace=namespace, text=text, x_coord=x, y_coord=y, z_coord=0.0
+        )
+        return memory.id
+
+    def ids(self) -> set[str]:
+        return {m.id for m in self.store.list_memories(limit=1_000_000)}
+
+    def count(self, metric: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(metric, labels or None)
+        return value or 0.0
+
+    def total(self, metric: str, **labels: str) -> float:
+        """``metric`` summed over this region's incarnations (restarts reset counters)."""
+        past = sum(
+            m.registry.get_sample_value(metric, labels or None) or 0.0 for m in self.past_metrics
+        )
+        return past + self.count(metric, **labels)
+
+
+def sqlite_url(tmp: Path, name: str) -> str:
+    return f"sqlite:///{tmp / f'{name}.db'}"
+
+
+def wait_for(
+    predicate: Callable[[], bool],
+    timeout: float = 20.0,
+    what: str = "condition",
+    detail: Callable[[], str] | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}" + (f": {detail()}" if detail else "")
+    )
+
+
+@contextmanager
+def two_regions(
+    broker: Broker,
+    tmp: Path,
+    *,
+    a_range: tuple[int, int] = (-15, 15),
+    b_range: tuple[int, int] = (-15, 15),
+) -> Iterator[tuple[Region, Region]]:
+    a = Region(
+        "region-a",
+        sqlite_url(tmp, f"a-{broker.channel}"),
+        broker.sync(reader=False, floor=a_range[0], ceiling=a_range[1]),
+    )
+    b = Region(
+        "region-b",
+        sqlite_url(tmp, f"b-{broker.channel}"),
+        broker.sync(reader=True, floor=b_range[0], ceiling=b_range[1]),
+    )
+    a.start()
+    b.start()
+    try:
+        yield a, b
+    finally:
+        a.stop(flush_timeout=1)
+        b.stop(flush_timeout=1)
