@@ -76,6 +76,14 @@ class Memory:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    event_id: str
+    body: str  # the encoded SyncEvent
+    y_coord: float | None  # privacy of the content it carries, if any
+
+
+@dataclass(frozen=True, slots=True)
 class DecrementOutcome:
     """What a decrement attempt did: ``ran`` or why not (``already``, ``stale``)."""
 
@@ -158,7 +166,9 @@ class _SqliteTx(_Tx):
 
 
 class _Sqlite(_Database):
-    autoincrement = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    # a rowid alias, not AUTOINCREMENT: ids stay increasing while rows exist, which is all the
+    # outbox needs, and it saves a write to sqlite_sequence on every insert
+    autoincrement = "INTEGER PRIMARY KEY"
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -327,6 +337,9 @@ class MemoryStore:
                 origin TEXT NOT NULL,
                 event_id TEXT NOT NULL,
                 body TEXT NOT NULL,
+                -- privacy of the memory the event carries (NULL: no content, e.g. a deletion),
+                -- so the relay can re-check the range without decoding the body
+                y_coord DOUBLE PRECISION,
                 created_at TEXT NOT NULL)""",
             "CREATE INDEX IF NOT EXISTS sync_outbox_by_origin ON sync_outbox (origin, seq)",
             """CREATE TABLE IF NOT EXISTS sync_inbox (
@@ -363,11 +376,20 @@ class MemoryStore:
 
     @staticmethod
     def _enqueue(tx: _Tx, event: SyncEvent | None) -> None:
-        if event is not None:
-            tx.execute(
-                "INSERT INTO sync_outbox (origin, event_id, body, created_at) VALUES (?, ?, ?, ?)",
-                (event.origin, event.event_id, event.to_json(), utcnow()),
-            )
+        if event is None:
+            return
+        y = event.payload.get("y_coord") if event.entity_type is EntityType.MEMORY else None
+        tx.execute(
+            "INSERT INTO sync_outbox (origin, event_id, body, y_coord, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (
+                event.origin,
+                event.event_id,
+                event.to_json(),
+                float(y) if isinstance(y, int | float) else None,
+                utcnow(),
+            ),
+        )
 
     def create_memory(
         self,
@@ -508,13 +530,16 @@ class MemoryStore:
 
     # -- outbox ------------------------------------------------------------------------------
 
-    def outbox_batch(self, origin: str, limit: int = 500) -> list[tuple[int, str]]:
+    def outbox_batch(self, origin: str, limit: int = 500) -> list[OutboxRow]:
         with self.db.transaction(write=False) as tx:
             rows = tx.execute(
-                "SELECT seq, body FROM sync_outbox WHERE origin = ? ORDER BY seq LIMIT ?",
+                "SELECT seq, event_id, body, y_coord FROM sync_outbox WHERE origin = ? "
+                "ORDER BY seq LIMIT ?",
                 (origin, limit),
             ).fetchall()
-        return [(int(seq), body) for seq, body in rows]
+        return [
+            OutboxRow(int(r[0]), r[1], r[2], None if r[3] is None else float(r[3])) for r in rows
+        ]
 
     def outbox_remove(self, seqs: Sequence[int]) -> None:
         if not seqs:

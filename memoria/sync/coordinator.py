@@ -247,34 +247,24 @@ class SyncCoordinator:
         self._wake.set()
         return outcome
 
-    def _still_shareable(self, event: SyncEvent) -> bool:
-        if event.entity_type is not EntityType.MEMORY or event.action is Action.DELETE:
-            return True
-        y = event.payload.get("y_coord")
-        return isinstance(y, int | float) and self.privacy.allows(y)
-
     def _relay_once(self) -> bool:
         """Publish one batch of the outbox; True if something was sent or dropped."""
         batch = self.store.outbox_batch(self.region)
         if not batch:
             return False
-        events, seqs = [], [seq for seq, _ in batch]
-        for _seq, body in batch:
-            try:
-                event = SyncEvent.from_json(body)
-            except EventFormatError as exc:  # our own rows: only a bug or a hand edit
-                log.error("dropping corrupt outbox row: %s", exc)
-                continue
-            if self._still_shareable(event):
-                events.append(event)
-            else:
-                self.metrics.dropped.labels("privacy_out").inc()
+        privacy = self.privacy
+        # re-check the range now: it may have narrowed since the write was queued
+        events = [
+            (r.event_id, r.body) for r in batch if r.y_coord is None or privacy.allows(r.y_coord)
+        ]
+        if len(events) < len(batch):
+            self.metrics.dropped.labels("privacy_out").inc(len(batch) - len(events))
         with self._backend_lock:
             backend = self.backend
             if backend is None:
                 return False  # sync switched off meanwhile: keep the queue
-            backend.publish_many(events)
-        self.store.outbox_remove(seqs)
+            backend.publish_encoded(events)
+        self.store.outbox_remove([r.seq for r in batch])
         self.metrics.published.inc(len(events))
         return True
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from ..errors import EventFormatError
 
 
@@ -60,13 +62,13 @@ class SyncEvent:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        return orjson.dumps(self.to_dict()).decode()
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> SyncEvent:
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
             raise EventFormatError(f"not JSON: {exc}") from None
         return cls.from_dict(data)
 

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from .base import BEGINNING, BatchHandler, Subscription, SyncBackend, decode
-from .events import SyncEvent
 
 
 class _Channel:
@@ -58,9 +57,9 @@ class InProcessSyncBackend(SyncBackend):
     def source_id(self) -> str:
         return f"memory|{self.channel_name}"
 
-    def publish_many(self, events: Sequence[SyncEvent]) -> None:
+    def publish_encoded(self, events: Sequence[tuple[str, str]]) -> None:
         with self.channel.cond:
-            self.channel.journal.extend(e.to_json() for e in events)
+            self.channel.journal.extend(raw for _, raw in events)
             self.channel.cond.notify_all()
 
     def publish_raw(self, raw: str) -> None:

@@ -228,62 +228,67 @@ class PostgresSyncBackend(SyncBackend):
             self.ensure_journal(self._conn)
         return self._conn
 
-    def _notifications(self, events: Sequence[SyncEvent], ids: list[int]) -> list[str]:
+    def _chunked(self, events: Sequence[tuple[str, str]]) -> list[str]:
+        """Notifications without a journal: each event whole, or in chunks if too large."""
         notes: list[str] = []
-        for i, event in enumerate(events):
-            data = event.to_dict()
-            if self.table:
-                data["journal_id"] = ids[i]
-                text = json.dumps(data, separators=(",", ":"))
-                if len(text.encode()) > NOTIFY_LIMIT:
-                    text = json.dumps(
-                        {"journal_id": ids[i], "event_id": event.event_id, "truncated": True}
-                    )
-                notes.append(text)
+        for event_id, raw in events:
+            if len(raw.encode()) <= NOTIFY_LIMIT:
+                notes.append(raw)
                 continue
-            text = json.dumps(data, separators=(",", ":"))
-            if len(text.encode()) <= NOTIFY_LIMIT:
-                notes.append(text)
-                continue
-            pieces = _split_utf8(text, NOTIFY_LIMIT - 100)
+            pieces = _split_utf8(raw, NOTIFY_LIMIT - 100)
             notes += [
-                f"{_CHUNK_MARK}{event.event_id}:{i}:{len(pieces)}|{piece}"
-                for i, piece in enumerate(pieces)
+                f"{_CHUNK_MARK}{event_id}:{n}:{len(pieces)}|{piece}"
+                for n, piece in enumerate(pieces)
             ]
         return notes
 
-    def publish_many(self, events: Sequence[SyncEvent]) -> None:
+    def publish_encoded(self, events: Sequence[tuple[str, str]]) -> None:
         if not events:
             return
         with self._lock:
             try:
                 conn = self._publisher()
                 with conn.transaction():
-                    ids: list[int] = []
                     if self.table:
                         conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
-                        with conn.cursor() as cur:
-                            cur.executemany(
-                                sql.SQL(
-                                    "INSERT INTO {} (channel, event_id, payload) "
-                                    "VALUES (%s, %s, %s::jsonb) RETURNING id"
-                                ).format(self.table_ident),
-                                [(self.channel, e.event_id, e.to_json()) for e in events],
-                                returning=True,
-                            )
-                            while True:
-                                row = cur.fetchone()
-                                if row is not None:
-                                    ids.append(int(row[0]))
-                                if not cur.nextset():
-                                    break
-                    conn.execute(
-                        "SELECT pg_notify(%s, note) FROM unnest(%s::text[]) AS note",
-                        (self.channel, self._notifications(events, ids)),
-                    )
+                        # one round trip: append the batch to the journal and NOTIFY each row
+                        # with its journal id spliced in, built server-side so the events
+                        # cross the wire once; rows too large for NOTIFY go as pointers
+                        conn.execute(
+                            self._publish_sql,
+                            (
+                                self.channel,
+                                [event_id for event_id, _ in events],
+                                [raw for _, raw in events],
+                                self.channel,
+                                NOTIFY_LIMIT,
+                            ),
+                        )
+                    else:
+                        conn.execute(
+                            "SELECT count(pg_notify(%s, note)) FROM unnest(%b::text[]) AS note",
+                            (self.channel, self._chunked(events)),
+                        )
             except psycopg.OperationalError as exc:
                 self._drop_connection()
                 raise BrokerUnavailable(f"postgres at {mask_url(self.dsn)}: {exc}") from None
+
+    @property
+    def _publish_sql(self) -> sql.Composed:
+        # %b: arrays are sent in binary, which spares psycopg escaping every JSON quote
+        return sql.SQL(
+            "WITH ins AS ("
+            " INSERT INTO {table} (channel, event_id, payload)"
+            " SELECT %s, e, p::jsonb FROM unnest(%b::text[], %b::text[]) WITH ORDINALITY"
+            " AS x(e, p, o) ORDER BY o"
+            " RETURNING id, event_id, payload)"
+            " SELECT count(pg_notify(%s, CASE WHEN octet_length(note) <= %s THEN note ELSE"
+            " json_build_object('journal_id', id, 'event_id', event_id, 'truncated', true)::text"
+            " END)) FROM ("
+            "  SELECT id, event_id,"
+            "  '{{\"journal_id\":' || id || ',' || substr(payload::text, 2) AS note"
+            "  FROM ins ORDER BY id) AS notes"
+        ).format(table=self.table_ident)
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

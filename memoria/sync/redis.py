@@ -24,8 +24,15 @@ from redis.retry import Retry
 from ..errors import BrokerUnavailable
 from ..settings import mask_url
 from .base import BEGINNING, BatchHandler, Subscription, SyncBackend, decode
-from .events import SyncEvent
 
+# KEYS[1]: the Stream; ARGV[1]: the channel; ARGV[2]: MAXLEN; ARGV[3..]: encoded events
+_PUBLISH_SCRIPT = """
+for i = 3, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i])
+  redis.call('PUBLISH', ARGV[1], ARGV[i])
+end
+return #ARGV - 2
+"""
 _BROKEN = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError)
 _FIELD = "event"
 
@@ -87,22 +94,23 @@ class RedisSyncBackend(SyncBackend):
         self.journal_max_events = journal_max_events
         self.block_ms = block_ms
         self._publisher = _client(url, socket_timeout=5)
+        self._script = self._publisher.register_script(_PUBLISH_SCRIPT)
         self._subs: list[Subscription] = []
 
     @property
     def source_id(self) -> str:
         return f"redis|{mask_url(self.url)}|{self.stream}"
 
-    def publish_many(self, events: Sequence[SyncEvent]) -> None:
+    def publish_encoded(self, events: Sequence[tuple[str, str]]) -> None:
         if not events:
             return
-        pipe = self._publisher.pipeline(transaction=False)
-        for event in events:
-            raw = event.to_json()
-            pipe.xadd(self.stream, {_FIELD: raw}, maxlen=self.journal_max_events, approximate=True)
-            pipe.publish(self.channel, raw)
         try:
-            pipe.execute()
+            # one command per batch: cheaper to pack and parse than 2 commands per event,
+            # and the batch lands in the Stream and on the channel atomically
+            self._script(
+                keys=[self.stream],
+                args=[self.channel, self.journal_max_events, *(raw for _, raw in events)],
+            )
         except redis.ReadOnlyError:
             raise BrokerUnavailable(
                 f"redis at {mask_url(self.url)} is a read-only replica; events stay queued "
