@@ -290,15 +290,13 @@ def apply_updates(current: MemoriaSettings, updates: dict[str, Any]) -> MemoriaS
         for key in updates
         if key not in UPDATABLE_KEYS
     }
-    if problems:
-        raise SettingsUpdateError(problems)
-
     sync = current.sync.model_dump(mode="json")
     sync["connection_url"] = current.sync.connection or None
     top: dict[str, Any] = {}
     for key, value in updates.items():
-        section, name = UPDATABLE_KEYS[key]
-        (sync if section == "sync" else top)[name] = value
+        if key in UPDATABLE_KEYS:  # unknown keys are reported with the rest, not applied
+            section, name = UPDATABLE_KEYS[key]
+            (sync if section == "sync" else top)[name] = value
 
     new_sync = current.sync
     try:
@@ -323,10 +321,15 @@ def apply_updates(current: MemoriaSettings, updates: dict[str, Any]) -> MemoriaS
 
 
 def _sync_key_for(message: str, updates: dict[str, Any]) -> str:
-    """Name the key behind a cross-field error, preferring one the caller sent."""
-    for field in ("privacy_floor", "privacy_ceiling", "connection_url", "table"):
-        if field in message and f"sync.{field}" in updates:
-            return f"sync.{field}"
+    """Name the key behind a cross-field error: one the message names, preferably one sent."""
+    named = [
+        f"sync.{field}"
+        for field in ("privacy_floor", "privacy_ceiling", "connection_url", "table")
+        if field in message
+    ]
+    sent = [key for key in named if key in updates]
+    if sent or named:
+        return (sent or named)[0]
     return next((k for k in updates if k.startswith("sync.")), "sync")
 
 

@@ -123,6 +123,7 @@ class RedisServer(_LocalServer):
 
     def start(self, timeout: float = 30.0) -> None:
         self._proc = ManagedProcess("redis-server", self._argv(), self.dir / "redis.log")
+        self._proc.repeat_signal = True  # it ignores SIGTERM while writing its first AOF
         self._proc.start()
         wait_until(
             self.ping, timeout, f"redis-server on port {self.port}", 0.05, self._proc.log_tail

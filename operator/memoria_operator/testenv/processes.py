@@ -76,6 +76,7 @@ class ManagedProcess:
         self.log_path = log_path
         self.env = env
         self.run_as = run_as  # (uid, gid) to switch to before exec, e.g. for postgres under root
+        self.repeat_signal = False
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, detached: bool = False) -> None:
@@ -118,10 +119,14 @@ class ManagedProcess:
         if self.proc is None:
             return
         deadline = time.monotonic() + timeout
-        # Repeat the signal each second: a server may refuse one, as redis-server does while it
-        # writes its first append-only file.
+        sent = False
         while self.proc.poll() is None and time.monotonic() < deadline:
-            self.proc.send_signal(sig)
+            # Some servers refuse a signal now and then (redis-server while it writes its first
+            # append-only file): those ask for it to be repeated each second. Others take a
+            # second SIGTERM as "exit now" (uvicorn), so by default it is sent once.
+            if not sent or self.repeat_signal:
+                self.proc.send_signal(sig)
+                sent = True
             try:
                 self.proc.wait(min(1.0, max(0.0, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:

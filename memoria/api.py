@@ -1,0 +1,273 @@
+"""The region's HTTP API (FastAPI: the OpenAPI document is served at /openapi.json).
+
+Endpoints: memories (create, read, list, update, delete), ``GET/PATCH /settings`` (live, validated
+all-or-nothing), ``POST /admin/promote``, ``POST /admin/decrement``, ``GET /healthz`` and
+``GET /metrics``. ``X-API-Key`` is required on ``/settings`` and ``/admin/*`` when
+``MEMORIA_API_KEY`` is set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from .errors import LeadershipError, MemoryNotFound, NotConfigured
+from .leadership import request_promotion
+from .runtime import Runtime
+from .settings import MemoriaSettings, SettingsUpdateError, apply_updates, public_view
+from .store import Memory
+
+log = logging.getLogger("memoria.api")
+
+Privacy = Annotated[float, Field(ge=-15, le=15, description="privacy (Y axis), -15..15")]
+
+
+class MemoryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=100_000)
+    y_coord: Privacy
+    x_coord: float = Field(default=0.0, allow_inf_nan=False, description="temporal axis")
+    z_coord: float = Field(default=0.0, allow_inf_nan=False)
+    namespace: str = Field(default="default", min_length=1, max_length=200)
+
+
+class MemoryPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(default=None, min_length=1, max_length=100_000)
+    y_coord: Privacy | None = None
+    x_coord: float | None = Field(default=None, allow_inf_nan=False)
+    z_coord: float | None = Field(default=None, allow_inf_nan=False)
+    namespace: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class MemoryOut(BaseModel):
+    id: str
+    namespace: str
+    text: str
+    x_coord: float
+    y_coord: float
+    z_coord: float
+    created_at: str
+    updated_at: str
+    version: int
+    origin: str
+
+
+class DecrementIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    date: dt.date | None = Field(default=None, description="default: today in DECREMENT_TZ")
+
+
+def _out(memory: Memory) -> dict[str, Any]:
+    return memory.to_payload()
+
+
+def create_app(settings: MemoriaSettings, *, disable_schedulers: bool = False) -> FastAPI:
+    runtime = Runtime(settings, disable_schedulers=disable_schedulers)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(runtime.start)
+        try:
+            yield
+        finally:
+            # uvicorn has finished the in-flight requests by now (graceful shutdown)
+            await run_in_threadpool(runtime.stop)
+
+    app = FastAPI(
+        title="Memoria region API",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="One region of a multi-region Memoria deployment.",
+    )
+    app.state.runtime = runtime
+
+    def api_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        expected = runtime.settings.api_key
+        if expected is None:
+            return
+        given = (x_api_key or "").encode()
+        if not hmac.compare_digest(given, expected.get_secret_value().encode()):
+            raise HTTPException(401, "missing or wrong X-API-Key", {"WWW-Authenticate": "ApiKey"})
+
+    protected = [Depends(api_key)]
+    _error_handlers(app)
+    _memory_routes(app, runtime)
+    _settings_routes(app, runtime, protected)
+    _admin_routes(app, runtime, protected)
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors) or not await _is_json(request):
+            return JSONResponse({"detail": "request body is not valid JSON"}, status_code=400)
+        problems = {
+            ".".join(str(p) for p in e["loc"] if p != "body") or "body": e["msg"] for e in errors
+        }
+        return JSONResponse({"detail": problems}, status_code=422)
+
+
+async def _is_json(request: Request) -> bool:
+    """False when a body was sent that is not JSON at all (whatever its content type said)."""
+    raw = await request.body()
+    if not raw:
+        return True  # no body: a validation problem, not a syntax one
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _memory_routes(app: FastAPI, runtime: Runtime) -> None:
+    @app.post("/memories", status_code=201, response_model=MemoryOut)
+    def create_memory(body: MemoryIn) -> dict[str, Any]:
+        return _out(runtime.sync.create_memory(**body.model_dump()))
+
+    @app.get("/memories/{memory_id}", response_model=MemoryOut)
+    def get_memory(memory_id: str) -> dict[str, Any]:
+        try:
+            return _out(runtime.store.get_memory(memory_id))
+        except MemoryNotFound:
+            raise HTTPException(404, f"no memory with id {memory_id}") from None
+
+    @app.get("/memories")
+    def list_memories(
+        namespace: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        items = runtime.store.list_memories(namespace, limit, offset)
+        return {"items": [_out(m) for m in items], "count": len(items)}
+
+    @app.patch("/memories/{memory_id}", response_model=MemoryOut)
+    def update_memory(memory_id: str, body: MemoryPatch) -> dict[str, Any]:
+        changes = body.model_dump(exclude_none=True)
+        if not changes:
+            raise HTTPException(422, {"body": "nothing to change"})
+        try:
+            return _out(runtime.sync.update_memory(memory_id, changes))
+        except MemoryNotFound:
+            raise HTTPException(404, f"no memory with id {memory_id}") from None
+
+    @app.delete("/memories/{memory_id}", status_code=204)
+    def delete_memory(memory_id: str) -> Response:
+        try:
+            runtime.sync.delete_memory(memory_id)
+        except MemoryNotFound:
+            raise HTTPException(404, f"no memory with id {memory_id}") from None
+        return Response(status_code=204)
+
+
+def _settings_routes(app: FastAPI, runtime: Runtime, protected: list[Any]) -> None:
+    @app.get("/settings", dependencies=protected)
+    def get_settings() -> dict[str, Any]:
+        return public_view(runtime.settings)
+
+    @app.patch("/settings", dependencies=protected)
+    async def patch_settings(request: Request) -> JSONResponse:
+        raw = await request.body()
+        try:
+            updates = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return JSONResponse({"detail": "request body is not valid JSON"}, status_code=400)
+        if not isinstance(updates, dict) or not updates:
+            return JSONResponse(
+                {
+                    "detail": {
+                        "body": "expected a non-empty JSON object of dotted keys, e.g. "
+                        '{"sync.privacy_floor": 0}'
+                    }
+                },
+                status_code=422,
+            )
+        try:
+            new = apply_updates(runtime.settings, updates)
+        except SettingsUpdateError as exc:
+            return JSONResponse({"detail": exc.problems}, status_code=422)
+        await run_in_threadpool(runtime.apply_settings, new)
+        return JSONResponse(public_view(runtime.settings))
+
+
+def _admin_routes(app: FastAPI, runtime: Runtime, protected: list[Any]) -> None:
+    @app.post("/admin/promote", status_code=202, dependencies=protected)
+    def promote() -> dict[str, Any]:
+        try:
+            value = request_promotion(runtime.settings.leadership)
+        except NotConfigured as exc:
+            status = 409 if "IDENTITY" in str(exc) else 503
+            raise HTTPException(status, str(exc)) from None
+        except LeadershipError as exc:
+            raise HTTPException(503, str(exc)) from None
+        return {
+            "requested": value,
+            "region": runtime.settings.leadership.identity,
+            "detail": "promotion requested; the operator moves the Lease and this region's "
+            "scheduler starts once it holds it",
+        }
+
+    @app.post("/admin/decrement", dependencies=protected)
+    def decrement_now(body: DecrementIn | None = None) -> dict[str, Any]:
+        scheduler = runtime.scheduler
+        if not scheduler.leadership.leading:
+            raise HTTPException(
+                409,
+                f"this region does not lead (holder: "
+                f"{scheduler.leadership.holder}); only the leader decrements",
+            )
+        if scheduler.disabled:
+            raise HTTPException(409, "schedulers are disabled in this region")
+        date = (body.date if body and body.date else scheduler.today()).isoformat()
+        outcome = scheduler.run_date(date)
+        return {
+            "date": outcome.date,
+            "ran": outcome.ran,
+            "reason": outcome.reason,
+            "rows": outcome.rows,
+            "last_by": outcome.last_by,
+        }
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        report = runtime.health()
+        return JSONResponse(report, status_code=503 if report["status"] == "down" else 200)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def _runtime(app: FastAPI) -> Runtime:
+    runtime: Runtime = app.state.runtime
+    return runtime
+
+
+def cancel_daily_decrement_timer(app: FastAPI) -> None:
+    """Disarm this app's decrement timer (the guide's call for standby regions)."""
+    _runtime(app).scheduler.cancel()
+
+
+def restart_daily_decrement_schedule(app: FastAPI) -> None:
+    """Re-arm this app's decrement timer and catch up missed dates (the guide's failover call).
+
+    Works on an app that is not serving too (the guide's one-off script): the scheduler thread
+    is started if needed; it still decrements only where this region is allowed to lead.
+    """
+    _runtime(app).scheduler.restart()

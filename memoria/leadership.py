@@ -1,0 +1,223 @@
+"""The region's view of its scheduler Lease, and its promotion request.
+
+The operator holds the Lease ``memoria-scheduler-<group>`` for the leading region and renews it
+while that region is healthy. A region's pods only read it (read-only RBAC): this module watches
+it and reports "this region leads" while the holder is this region and the Lease has not expired
+by the local clock. If the API server becomes unreachable no renewal is seen, so the region stops
+leading when the Lease it last saw expires: a partitioned leader steps down by itself, and the
+fence in the store covers the moments in between.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import LeadershipError, NotConfigured
+from .scheduler import Leadership
+from .settings import LeadershipSettings
+from .sync.base import Backoff
+
+log = logging.getLogger("memoria.leadership")
+
+PROMOTE_ANNOTATION = "memoria.arcafutura.io/promote"
+GROUP, VERSION, PLURAL = "memoria.arcafutura.io", "v1alpha1", "memoriaregions"
+
+
+def load_kube_config(kubeconfig: str | None) -> Any:
+    """An ApiClient from in-cluster credentials, or the given / default kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        if kubeconfig:
+            return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            return client.ApiClient()
+        except config.ConfigException:
+            return config.new_client_from_config()  # type: ignore[no-untyped-call]
+    except (config.ConfigException, FileNotFoundError, OSError) as exc:
+        raise NotConfigured(f"no Kubernetes credentials: {exc}") from None
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    holder: str | None
+    transitions: int
+    valid_until: float  # time.monotonic() after which the Lease is expired for us
+
+    def held_by(self, identity: str) -> bool:
+        return self.holder == identity and time.monotonic() < self.valid_until
+
+
+def lease_view(lease: Any, now_wall: dt.datetime | None = None) -> LeaseView:
+    spec = lease.spec
+    holder = spec.holder_identity or None
+    duration = float(spec.lease_duration_seconds or 0)
+    renew = spec.renew_time or spec.acquire_time
+    now_wall = now_wall or dt.datetime.now(dt.UTC)
+    if renew is None or not holder:
+        remaining = 0.0
+    else:
+        if renew.tzinfo is None:
+            renew = renew.replace(tzinfo=dt.UTC)
+        # what is left of the Lease by the wall clock, never more than one full duration
+        remaining = min(duration, max(0.0, (renew - now_wall).total_seconds() + duration))
+    return LeaseView(holder, int(spec.lease_transitions or 0), time.monotonic() + remaining)
+
+
+class LeaseWatcher:
+    """Watches one Lease and calls ``on_change`` whenever "this region leads" flips (or the
+    fencing token changes). Runs two daemon threads: the watch, and an expiry check."""
+
+    def __init__(
+        self, settings: LeadershipSettings, on_change: Callable[[Leadership], None]
+    ) -> None:
+        if not settings.lease_name or not settings.identity:
+            raise NotConfigured("a Lease needs MEMORIA_LEADERSHIP__LEASE_NAME and __IDENTITY")
+        self.settings = settings
+        self.name = settings.lease_name
+        self.namespace = settings.lease_namespace
+        self.identity = settings.identity
+        self.on_change = on_change
+        self.view = LeaseView(None, 0, 0.0)
+        self.connected = False
+        self.last_error: str | None = None
+        self._reported: tuple[bool, int] | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._watch: Any = None
+
+    def start(self) -> None:
+        loops = ((self._watch_loop, "lease-watch"), (self._expiry_loop, "lease-expiry"))
+        for target, name in loops:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        for thread in self._threads:
+            thread.join(5)
+
+    def _update(self, view: LeaseView) -> None:
+        with self._lock:
+            self.view = view
+        self._report()
+
+    def _report(self) -> None:
+        with self._lock:
+            view = self.view
+            state = (view.held_by(self.identity), view.transitions)
+            if state == self._reported:
+                return
+            self._reported = state
+        self.on_change(Leadership(state[0], state[1], view.holder, "lease"))
+
+    def _expiry_loop(self) -> None:
+        while not self._stop.wait(0.1):
+            self._report()
+
+    def _watch_loop(self) -> None:
+        from kubernetes import client, watch
+        from kubernetes.client.exceptions import ApiException
+
+        backoff = Backoff(0.2, 5.0)
+        outage = False
+        while not self._stop.is_set():
+            try:
+                api = client.CoordinationV1Api(load_kube_config(self.settings.kubeconfig))
+                selector = f"metadata.name={self.name}"
+                listing = api.list_namespaced_lease(self.namespace, field_selector=selector)
+                for lease in listing.items:
+                    self._update(lease_view(lease))
+                if not listing.items:
+                    self._update(LeaseView(None, 0, 0.0))
+                self.connected, self.last_error = True, None
+                if outage:
+                    log.info("lease watch: reconnected to the API server")
+                    outage = False
+                self._watch = watch.Watch()  # type: ignore[no-untyped-call]
+                for event in self._watch.stream(
+                    api.list_namespaced_lease,
+                    self.namespace,
+                    field_selector=selector,
+                    resource_version=listing.metadata.resource_version
+                    if listing.metadata
+                    else None,
+                    timeout_seconds=60,
+                    _request_timeout=90,
+                ):
+                    if self._stop.is_set():
+                        return
+                    if event["type"] == "DELETED":
+                        self._update(LeaseView(None, 0, 0.0))
+                    elif event["type"] in ("ADDED", "MODIFIED"):
+                        self._update(lease_view(event["object"]))
+                backoff.reset()
+            except (ApiException, LeadershipError, OSError, Exception) as exc:
+                self.connected = False
+                self.last_error = str(exc).splitlines()[0][:300]
+                if self._stop.is_set():
+                    return
+                if not outage:
+                    log.warning(
+                        "lease watch: %s; retrying (this region stops leading when the "
+                        "Lease it last saw expires)",
+                        self.last_error,
+                    )
+                    outage = True
+                self._stop.wait(backoff.next())
+
+    def status(self) -> dict[str, Any]:
+        view = self.view
+        return {
+            "lease": f"{self.namespace}/{self.name}",
+            "identity": self.identity,
+            "holder": view.holder,
+            "transitions": view.transitions,
+            "held": view.held_by(self.identity),
+            "seconds_left": round(max(0.0, view.valid_until - time.monotonic()), 3),
+            "watch_connected": self.connected,
+            "last_error": self.last_error,
+        }
+
+
+def request_promotion(settings: LeadershipSettings) -> str:
+    """Mark this region's MemoriaRegion for promotion; the operator performs the switchover.
+
+    Returns the annotation value. Raises NotConfigured (no identity or credentials) or
+    LeadershipError (the API server refused).
+    """
+    if not settings.identity:
+        raise NotConfigured(
+            "this region does not know its MemoriaRegion: set MEMORIA_LEADERSHIP__IDENTITY "
+            "to <namespace>/<name> (the operator does this for the pods it runs)"
+        )
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    namespace, name = settings.identity.split("/", 1)
+    api = client.CustomObjectsApi(load_kube_config(settings.kubeconfig))
+    value = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    body = {"metadata": {"annotations": {PROMOTE_ANNOTATION: value}}}
+    try:
+        api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)
+    except ApiException as exc:
+        reason = {403: "forbidden (check the region's RBAC)", 404: "MemoriaRegion not found"}.get(
+            exc.status, exc.reason or "error"
+        )
+        raise LeadershipError(
+            f"could not annotate MemoriaRegion {settings.identity}: {exc.status} {reason}"
+        ) from None
+    except OSError as exc:
+        raise LeadershipError(f"Kubernetes API unreachable: {exc}") from None
+    return value

@@ -1,0 +1,239 @@
+"""The HTTP API on a real store, through FastAPI's test client (the real ASGI app)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from memoria import cancel_daily_decrement_timer, create_app, restart_daily_decrement_schedule
+from memoria.settings import MemoriaSettings, SyncSettings
+
+pytestmark = pytest.mark.integration
+
+KEY = {"X-API-Key": "s3cret"}
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = MemoriaSettings(
+        region="api-test",
+        database={"connection_string": f"sqlite:///{tmp_path / 'api.db'}"},  # type: ignore[arg-type]
+        MEMORIA_API_KEY="s3cret",  # type: ignore[call-arg]
+        sync=SyncSettings(enabled=True, channel=f"api{tmp_path.name[-8:]}"),
+    )
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_memory_crud(client: TestClient) -> None:
+    created = client.post("/memories", json={"text": "hello", "y_coord": 3, "namespace": "n"})
+    assert created.status_code == 201
+    body = created.json()
+    assert body["version"] == 1 and body["x_coord"] == 0 and body["origin"] == "api-test"
+    mid = body["id"]
+    assert client.get(f"/memories/{mid}").json()["text"] == "hello"
+    listed = client.get("/memories", params={"namespace": "n"}).json()
+    assert [m["id"] for m in listed["items"]] == [mid]
+    patched = client.patch(f"/memories/{mid}", json={"text": "changed", "y_coord": -2})
+    assert patched.json()["version"] == 2 and patched.json()["y_coord"] == -2
+    assert client.delete(f"/memories/{mid}").status_code == 204
+    assert client.get(f"/memories/{mid}").status_code == 404
+    assert client.delete(f"/memories/{mid}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"text": "x", "y_coord": 16}, "y_coord"),
+        ({"text": "x", "y_coord": -15.5}, "y_coord"),
+        ({"text": "", "y_coord": 0}, "text"),
+        ({"y_coord": 0}, "text"),
+        ({"text": "x"}, "y_coord"),
+        ({"text": "x", "y_coord": "high"}, "y_coord"),
+        ({"text": "x", "y_coord": 0, "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_memory_is_422_naming_the_field(
+    client: TestClient, body: dict[str, object], field: str
+) -> None:
+    resp = client.post("/memories", json=body)
+    assert resp.status_code == 422
+    assert field in resp.json()["detail"]
+
+
+def test_malformed_json_is_400(client: TestClient) -> None:
+    for path, method in (("/memories", "POST"), ("/settings", "PATCH")):
+        resp = client.request(
+            method, path, content=b"{not json", headers={**KEY, "content-type": "application/json"}
+        )
+        assert resp.status_code == 400, (path, resp.text)
+
+
+def test_api_key_required_on_settings_and_admin(client: TestClient) -> None:
+    for method, path in (
+        ("GET", "/settings"),
+        ("PATCH", "/settings"),
+        ("POST", "/admin/promote"),
+        ("POST", "/admin/decrement"),
+    ):
+        assert client.request(method, path).status_code == 401
+        wrong = client.request(method, path, headers={"X-API-Key": "s3cret-not"})
+        assert wrong.status_code == 401
+    assert client.get("/settings", headers=KEY).status_code == 200
+    # the memory and health endpoints stay open
+    assert client.get("/healthz").status_code == 200
+
+
+def test_settings_patch_applies_live(client: TestClient) -> None:
+    resp = client.patch(
+        "/settings",
+        headers=KEY,
+        json={
+            "sync.privacy_floor": 0,
+            "sync.privacy_ceiling": 10,
+            "sync.realtime_replication": False,
+        },
+    )
+    assert resp.status_code == 200, resp.text
+    view = client.get("/settings", headers=KEY).json()
+    assert (view["sync"]["privacy_floor"], view["sync"]["privacy_ceiling"]) == (0, 10)
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    assert runtime.sync.privacy.floor == 0  # the running filter, not only the stored value
+
+
+@pytest.mark.parametrize(
+    ("body", "keys"),
+    [
+        ({"sync.unknown": 1}, {"sync.unknown"}),
+        ({"sync.privacy_floor": "0"}, {"sync.privacy_floor"}),
+        ({"sync.privacy_floor": 5, "sync.privacy_ceiling": 2}, {"sync.privacy_floor"}),
+        ({"sync.privacy_ceiling": 16}, {"sync.privacy_ceiling"}),
+        ({"sync.privacy_floor": -20, "sync.bogus": True}, {"sync.privacy_floor", "sync.bogus"}),
+        ({"sync.enabled": "true"}, {"sync.enabled"}),
+        ({"sync.backend": "kafka"}, {"sync.backend"}),
+        ({"sync.backend": "redis"}, {"sync.connection_url"}),
+        ({"decrement_tz": "Atlantis/Capital"}, {"decrement_tz"}),
+        ({"sync.privacy_floor": 0, "sync.channel": ""}, {"sync.channel"}),
+    ],
+)
+def test_invalid_settings_patch_is_422_and_changes_nothing(
+    client: TestClient, body: dict[str, object], keys: set[str]
+) -> None:
+    before = client.get("/settings", headers=KEY).json()
+    resp = client.patch("/settings", headers=KEY, json=body)
+    assert resp.status_code == 422, resp.text
+    assert keys <= set(resp.json()["detail"]), resp.json()
+    assert client.get("/settings", headers=KEY).json() == before
+
+
+def test_settings_patch_body_must_be_an_object(client: TestClient) -> None:
+    assert client.patch("/settings", headers=KEY, json=[1, 2]).status_code == 422
+    assert client.patch("/settings", headers=KEY, json={}).status_code == 422
+
+
+def test_switching_backend_live_keeps_the_outbox(client: TestClient, redis_server) -> None:  # type: ignore[no-untyped-def]
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    assert (
+        client.patch(
+            "/settings",
+            headers=KEY,
+            json={"sync.backend": "redis", "sync.connection_url": "redis://127.0.0.1:9/0"},
+        ).status_code
+        == 200
+    )
+    mid = client.post("/memories", json={"text": "queued", "y_coord": 0}).json()["id"]
+    assert runtime.store.outbox_depth("api-test") == 1  # broker unreachable: kept
+    assert client.get("/healthz").json()["sync"]["state"] in {"degraded", "down"}
+    resp = client.patch("/settings", headers=KEY, json={"sync.connection_url": redis_server.url})
+    assert resp.status_code == 200
+    assert "127.0.0.1:9" not in resp.text
+    import time
+
+    deadline = time.monotonic() + 10
+    while runtime.store.outbox_depth("api-test") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runtime.store.outbox_depth("api-test") == 0
+    import redis as redis_lib
+
+    stream = redis_lib.Redis.from_url(redis_server.url).xrange(
+        f"{runtime.settings.sync.channel}:journal"
+    )
+    assert any(mid.encode() in fields[b"event"] for _, fields in stream)
+
+
+def test_healthz_and_metrics(client: TestClient) -> None:
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok"
+    assert health["store"]["state"] == "ok"
+    assert health["sync"]["state"] == "ok"
+    assert "armed" in health["scheduler"]
+    client.post("/memories", json={"text": "m", "y_coord": 0})
+    text = client.get("/metrics").text
+    for name in (
+        "memoria_writes_total",
+        "memoria_sync_events_published_total",
+        "memoria_sync_events_received_total",
+        "memoria_sync_outbox_depth",
+        "memoria_sync_listener_reconnects",
+        "memoria_decrement_runs_total",
+        "memoria_scheduler_leader",
+    ):
+        assert name in text, name
+
+
+def test_promote_without_kubernetes_is_a_clear_409(client: TestClient) -> None:
+    resp = client.post("/admin/promote", headers=KEY)
+    assert resp.status_code == 409
+    assert "MEMORIA_LEADERSHIP__IDENTITY" in resp.json()["detail"]
+
+
+def test_promote_without_credentials_is_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    settings = MemoriaSettings(
+        database={"connection_string": f"sqlite:///{tmp_path / 'p.db'}"},  # type: ignore[arg-type]
+        leadership={"identity": "ns/region-a"},  # type: ignore[arg-type]
+    )
+    with TestClient(create_app(settings)) as c:
+        resp = c.post("/admin/promote")
+    assert resp.status_code == 503
+    assert "no Kubernetes credentials" in resp.json()["detail"]
+
+
+def test_guide_timer_helpers(client: TestClient) -> None:
+    app = client.app
+    runtime = app.state.runtime  # type: ignore[attr-defined]
+    cancel_daily_decrement_timer(app)  # type: ignore[arg-type]
+    import time
+
+    deadline = time.monotonic() + 5
+    while runtime.scheduler.armed and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not runtime.scheduler.armed
+    assert client.post("/admin/decrement", headers=KEY).status_code == 200  # manual still works
+    restart_daily_decrement_schedule(app)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 5
+    while not runtime.scheduler.armed and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert runtime.scheduler.armed
+
+
+def test_disable_schedulers_is_a_hard_opt_out(tmp_path: Path) -> None:
+    settings = MemoriaSettings(
+        database={"connection_string": f"sqlite:///{tmp_path / 'd.db'}"},  # type: ignore[arg-type]
+    )
+    with TestClient(create_app(settings, disable_schedulers=True)) as c:
+        c.post("/memories", json={"text": "m", "y_coord": 0})
+        runtime = c.app.state.runtime  # type: ignore[attr-defined]
+        restart_daily_decrement_schedule(c.app)  # type: ignore[arg-type]
+        import time
+
+        time.sleep(0.3)
+        assert not runtime.scheduler.armed
+        assert runtime.store.metadata()["last_decrement_date"] == ""
+        assert c.post("/admin/decrement").status_code == 409

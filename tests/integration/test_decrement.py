@@ -1,0 +1,197 @@
+"""The daily decrement runs once per date: fenced, even between two processes that both lead."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import re
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from memoria.store import MemoryStore
+from memoria.sync.events import Action, EntityType, SyncEvent
+from memoria_operator.testenv import MemoriaProcess, PostgresServer, RedisServer
+from tests.integration.regions import Broker, two_regions, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _seed(store: MemoryStore, n: int) -> None:
+    for i in range(n):
+        store.create_memory(
+            namespace="d",
+            text=f"m{i}",
+            x_coord=0.0,
+            y_coord=0.0,
+            z_coord=0.0,
+            origin="seed",
+            make_event=lambda _m: None,
+        )
+
+
+def _x_values(store: MemoryStore) -> set[float]:
+    return {m.x_coord for m in store.list_memories(limit=10_000)}
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_two_leaders_on_one_store_decrement_each_date_once(
+    kind: str, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    url = (
+        postgres_server.create_database(f"fence_{random.randrange(1 << 30)}")
+        if kind == "postgres"
+        else f"sqlite:///{tmp_path / 'shared.db'}"
+    )
+    one, two = MemoryStore(url), MemoryStore(url)
+    _seed(one, 50)
+    dates = [(dt.date(2030, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(150)]
+    ran: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    rng = random.Random(7)
+    for date in dates:
+        barrier = threading.Barrier(2)
+        jitter = (rng.random() / 500, rng.random() / 500)
+
+        def attempt(
+            store: MemoryStore,
+            who: str,
+            delay: float,
+            date: str = date,
+            barrier: threading.Barrier = barrier,
+        ) -> None:
+            barrier.wait()
+            time.sleep(delay)
+            outcome = store.run_decrement(date, token=1, region=who, make_event=lambda _d: None)
+            if outcome.ran:
+                with lock:
+                    ran.append((date, who))
+
+        threads = [
+            threading.Thread(target=attempt, args=(one, "a", jitter[0])),
+            threading.Thread(target=attempt, args=(two, "b", jitter[1])),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sorted(d for d, _ in ran) == dates  # each date exactly once
+    assert {who for _, who in ran} == {"a", "b"}  # and both really competed
+    assert _x_values(one) == {-150.0}
+    meta = one.metadata()
+    assert meta["last_decrement_date"] == dates[-1]
+    assert meta["last_decrement_by"] in {"a", "b"}
+    one.close()
+    two.close()
+
+
+def test_stale_fencing_token_is_refused(tmp_path: Path) -> None:
+    store = MemoryStore(f"sqlite:///{tmp_path / 'fence.db'}")
+    _seed(store, 3)
+    assert store.run_decrement("2030-01-01", token=5, region="new", make_event=lambda _d: None).ran
+    stale = store.run_decrement("2030-01-02", token=4, region="old", make_event=lambda _d: None)
+    assert (stale.ran, stale.reason) == (False, "stale")
+    store.raise_fencing_token(9)
+    assert (
+        store.run_decrement("2030-01-02", token=8, region="x", make_event=lambda _d: None).reason
+        == "stale"
+    )
+    assert _x_values(store) == {-1.0}
+    store.close()
+
+
+def test_standby_applies_leaders_decrement_once_even_twice_or_late(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    broker = Broker("redis", redis_server.url, redis_server.url)
+    with two_regions(broker, tmp_path) as (leader, standby):
+        mids = [leader.write(f"m{i}", y=0) for i in range(5)]
+        wait_for(lambda: set(mids) <= standby.ids(), what="memories at the standby")
+        assert leader.coordinator.run_decrement("2031-03-01", token=1).ran
+        wait_for(
+            lambda: standby.store.metadata()["last_decrement_date"] == "2031-03-01",
+            what="the decrement at the standby",
+        )
+        assert _x_values(standby.store) == {-1.0}
+        assert standby.store.metadata()["last_decrement_by"] == "region-a"
+        # delivered twice: the very same event again, and a retry with a new id
+        again = SyncEvent(
+            Action.DECREMENT,
+            EntityType.SCHEDULE,
+            "_schedule",
+            "2031-03-01",
+            {"date": "2031-03-01", "token": 1, "region": "region-a"},
+            "region-a",
+        )
+        from memoria.sync import create_backend
+
+        backend = create_backend(broker.sync(reader=False))
+        journal = standby.store
+        backend.publish_many([again, again])
+        # late: the standby is away while the leader decrements two more dates
+        standby.stop()
+        assert leader.coordinator.run_decrement("2031-03-02", token=1).ran
+        assert leader.coordinator.run_decrement("2031-03-03", token=1).ran
+        backend.publish_many([again])  # and an old date arrives after newer ones
+        standby.restart()
+        wait_for(
+            lambda: standby.store.metadata()["last_decrement_date"] == "2031-03-03",
+            what="the late decrements",
+        )
+        time.sleep(0.5)
+        backend.close()
+        assert _x_values(standby.store) == {-3.0}
+        assert journal is not standby.store
+        assert _x_values(leader.store) == {-3.0}
+
+
+@pytest.mark.slow
+def test_two_serve_processes_both_leading_cross_midnight_once(
+    postgres_server: PostgresServer,
+) -> None:
+    store_url = postgres_server.create_database(f"midnight_{random.randrange(1 << 30)}")
+    seed = MemoryStore(store_url)
+    _seed(seed, 20)
+    seed.close()
+    rng = random.Random()
+    iterations = 4
+    base = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    logs: list[str] = []
+    for i in range(iterations):
+        # each round lands just before a fresh midnight, two days after the previous one
+        midnight = base + dt.timedelta(days=10 + 2 * i)
+        procs = []
+        for name in ("east", "west"):
+            lead = 1.0 + rng.random() * 1.5  # seconds until this process's midnight
+            offset = (midnight - dt.datetime.now(dt.UTC)).total_seconds() - lead
+            procs.append(
+                MemoriaProcess(
+                    name,
+                    {
+                        "MEMORIA_DATABASE__CONNECTION_STRING": store_url,
+                        "MEMORIA_SCHEDULER__CLOCK_OFFSET_SECONDS": f"{offset:.3f}",
+                        "MEMORIA_SCHEDULER__MAX_CATCH_UP_DAYS": "1",
+                        "DECREMENT_TZ": "UTC",
+                    },
+                )
+            )
+        for p in procs:
+            p.start(wait=False)
+        for p in procs:
+            p.wait_ready()
+        time.sleep(3.2)  # past both midnights
+        for p in procs:
+            p.stop()
+            logs.append(p.log_path.read_text())
+    # both processes believed they led, every round: both armed their timers
+    assert all("decrement timer armed" in log for log in logs)
+    ran = [m for log in logs for m in re.findall(r"decrement for (\S+): \d+ memories", log)]
+    # per round: the eve (catch-up at start) and the new day (midnight), once each
+    assert len(ran) == 2 * iterations, ran
+    assert len(set(ran)) == len(ran)
+    with psycopg.connect(store_url) as conn:
+        xs = {r[0] for r in conn.execute("SELECT x_coord FROM memories").fetchall()}
+    assert xs == {-2.0 * iterations}
