@@ -30,17 +30,18 @@ GROUP, VERSION, PLURAL = "memoria.arcafutura.io", "v1alpha1", "memoriaregions"
 
 
 def load_kube_config(kubeconfig: str | None) -> Any:
-    """An ApiClient from in-cluster credentials, or the given / default kubeconfig."""
+    """An ApiClient: in-cluster credentials inside a pod, otherwise the given kubeconfig,
+    $KUBECONFIG or ~/.kube/config."""
+    import os
+
     from kubernetes import client, config
 
     try:
-        if kubeconfig:
-            return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-        try:
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config()  # type: ignore[no-untyped-call]
             return client.ApiClient()
-        except config.ConfigException:
-            return config.new_client_from_config()  # type: ignore[no-untyped-call]
+        path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        return config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
     except (config.ConfigException, FileNotFoundError, OSError) as exc:
         raise NotConfigured(f"no Kubernetes credentials: {exc}") from None
 

@@ -1,0 +1,69 @@
+"""Status conditions, following the Kubernetes conventions.
+
+``lastTransitionTime`` moves only when a condition's status flips; reason and message may change
+without it. Condition types and reasons are constants here: they are what users grep for and
+what the troubleshooting guide is organised by.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+# types
+READY = "Ready"
+CONFIG_VALID = "ConfigValid"
+SECRETS_AVAILABLE = "SecretsAvailable"
+DEPLOYMENT_AVAILABLE = "DeploymentAvailable"
+LEADERSHIP = "LeadershipValid"
+
+# reasons
+AVAILABLE = "Available"
+PROGRESSING = "Progressing"
+UNAVAILABLE = "Unavailable"
+VALID = "Valid"
+SECRET_MISSING = "SecretMissing"  # noqa: S105 - a condition reason
+SECRET_KEY_MISSING = "SecretKeyMissing"  # noqa: S105
+SECRET_INVALID = "SecretValueInvalid"  # noqa: S105
+SECRETS_FOUND = "SecretsFound"
+LEADER_CONFLICT = "LeaderConflict"
+LEADERSHIP_OK = "LeadershipOK"
+RECONCILE_ERROR = "ReconcileError"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(
+    type_: str, ok: bool | None, reason: str, message: str, generation: int
+) -> dict[str, Any]:
+    status = "Unknown" if ok is None else ("True" if ok else "False")
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": now(),
+    }
+
+
+def merge(existing: list[dict[str, Any]], updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``existing`` with ``updates`` applied by type, keeping lastTransitionTime of conditions
+    whose status did not change; order: existing types first, then new ones."""
+    by_type = {c["type"]: dict(c) for c in existing}
+    order = [c["type"] for c in existing]
+    for new in updates:
+        old = by_type.get(new["type"])
+        merged = dict(new)
+        if old is not None and old.get("status") == new["status"]:
+            merged["lastTransitionTime"] = old.get("lastTransitionTime", new["lastTransitionTime"])
+        if old is None:
+            order.append(new["type"])
+        by_type[new["type"]] = merged
+    return [by_type[t] for t in order]
+
+
+def find(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == type_), None)

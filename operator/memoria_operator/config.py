@@ -1,0 +1,69 @@
+"""Operator-wide settings (env ``MEMORIA_OPERATOR_<FIELD>``, set by the Helm chart)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from memoria.errors import SettingsError
+from memoria.settings import describe_validation_error
+
+GROUP = "memoria.arcafutura.io"
+VERSION = "v1alpha1"
+PLURAL = "memoriaregions"
+KIND = "MemoriaRegion"
+API_VERSION = f"{GROUP}/{VERSION}"
+FIELD_MANAGER = "memoria-operator"
+
+PROMOTE_ANNOTATION = f"{GROUP}/promote"
+FENCED_ANNOTATION = f"{GROUP}/fenced"
+HANDOVER_ANNOTATION = f"{GROUP}/handover-to"
+REASON_ANNOTATION = f"{GROUP}/transition-reason"
+
+
+class OperatorConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEMORIA_OPERATOR_", extra="ignore")
+
+    default_image: str = Field(
+        default="ghcr.io/arcafutura/memoria:0.1.0",
+        description="image of regions that set no spec.image",
+    )
+    # the scheduler Lease of each group: how long a grant lasts, how often the operator renews
+    # it while the leader is healthy, and how often it re-checks regions and retries API calls
+    lease_duration_seconds: float = Field(default=10.0, gt=0, le=300)
+    renew_interval_seconds: float = Field(default=2.0, gt=0, le=120)
+    retry_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    health_probe_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
+    # level-based safety net: every region is reconciled at least this often
+    resync_seconds: float = Field(default=30.0, ge=1, le=3600)
+    # the operator's own Lease (two replicas never act at once)
+    leader_election: bool = True
+    election_lease_name: str = "memoria-operator"
+    election_namespace: str = Field(default="default", min_length=1)
+    metrics_port: int = Field(default=8081, ge=0, le=65535)  # 0: no metrics endpoint
+
+    @model_validator(mode="after")
+    def _timings(self) -> OperatorConfig:
+        d, r, t = (
+            self.lease_duration_seconds,
+            self.renew_interval_seconds,
+            self.retry_interval_seconds,
+        )
+        if not d > r > t:
+            raise ValueError(
+                "lease timings must satisfy duration > renew interval > retry interval, got "
+                f"MEMORIA_OPERATOR_LEASE_DURATION_SECONDS={d}, "
+                f"MEMORIA_OPERATOR_RENEW_INTERVAL_SECONDS={r}, "
+                f"MEMORIA_OPERATOR_RETRY_INTERVAL_SECONDS={t}"
+            )
+        return self
+
+
+def load_config() -> OperatorConfig:
+    from pydantic import ValidationError
+
+    try:
+        return OperatorConfig()
+    except ValidationError as exc:
+        text = describe_validation_error(exc, env=True).replace("MEMORIA_", "MEMORIA_OPERATOR_", 1)
+        raise SettingsError(f"invalid operator settings: {text}") from None

@@ -1,0 +1,174 @@
+"""A MemoriaRegion as the operator reads it: the CR body turned into a typed model.
+
+The API server has already validated and defaulted the spec (the CRD schema); this model adds
+the checks a schema cannot express (an IANA time zone, consistent choices) and gives the rest of
+the operator names instead of dictionary paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import FENCED_ANNOTATION, PROMOTE_ANNOTATION
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+
+class SecretKeyRef(_Model):
+    name: str
+    key: str = "url"
+
+
+class SyncSpec(_Model):
+    enabled: bool = True
+    backend: str
+    connection_url: str | None = Field(default=None, alias="connectionUrl")
+    connection_secret_ref: SecretKeyRef | None = Field(default=None, alias="connectionSecretRef")
+    channel: str = "memoria-sync"
+    table: str | None = None
+    realtime_replication: bool = Field(default=True, alias="realtimeReplication")
+
+
+class PrivacySpec(_Model):
+    floor: int = -15
+    ceiling: int = 15
+
+
+class SchedulerSpec(_Model):
+    time_zone: str = Field(default="UTC", alias="timeZone")
+    enabled: bool = True
+
+
+class StoreSpec(_Model):
+    connection_secret_ref: SecretKeyRef | None = Field(default=None, alias="connectionSecretRef")
+
+
+class FailoverSpec(_Model):
+    health_url: str | None = Field(default=None, alias="healthUrl")
+    probe_service: bool = Field(default=False, alias="probeService")
+    unhealthy_after_seconds: int = Field(default=10, alias="unhealthyAfterSeconds")
+    eligible: bool = True
+
+
+class Resources(_Model):
+    requests: dict[str, Any] = Field(default_factory=dict)
+    limits: dict[str, Any] = Field(default_factory=dict)
+
+
+class RegionSpec(_Model):
+    region: str
+    role: str = "standby"
+    group: str = "default"
+    priority: int = 100
+    image: str | None = None
+    image_pull_policy: str = Field(default="IfNotPresent", alias="imagePullPolicy")
+    replicas: int = 1
+    resources: Resources = Field(default_factory=Resources)
+    sync: SyncSpec
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    store: StoreSpec = Field(default_factory=StoreSpec)
+    api_key_secret_ref: SecretKeyRef | None = Field(default=None, alias="apiKeySecretRef")
+    failover: FailoverSpec = Field(default_factory=FailoverSpec)
+
+
+class Region(_Model):
+    """Identity, spec and the annotations the operator reacts to."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: RegionSpec
+    annotations: dict[str, str] = Field(default_factory=dict)
+    status: dict[str, Any] = Field(default_factory=dict)
+    created: str = ""
+
+    @classmethod
+    def from_body(cls, body: Any) -> Region:
+        meta = body["metadata"]
+        return cls(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=meta.get("uid", ""),
+            generation=int(meta.get("generation") or 0),
+            spec=RegionSpec.model_validate(dict(body["spec"])),
+            annotations=dict(meta.get("annotations") or {}),
+            status=dict(body.get("status") or {}),
+            created=str(meta.get("creationTimestamp") or ""),
+        )
+
+    @property
+    def key(self) -> str:
+        """``<namespace>/<name>``: the Lease holder identity of this region."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def group_key(self) -> tuple[str, str]:
+        return self.namespace, self.spec.group
+
+    @property
+    def lease_name(self) -> str:
+        return f"memoria-scheduler-{self.spec.group}"
+
+    @property
+    def workload_name(self) -> str:
+        return f"memoria-{self.name}"
+
+    @property
+    def fenced(self) -> bool:
+        return self.annotations.get(FENCED_ANNOTATION, "").lower() in ("true", "1", "yes")
+
+    @property
+    def promote_request(self) -> str | None:
+        return self.annotations.get(PROMOTE_ANNOTATION) or None
+
+    @property
+    def may_lead(self) -> bool:
+        """Eligible to hold the Lease at all (switchover, bootstrap); failover also needs
+        ``spec.failover.eligible``."""
+        return self.spec.scheduler.enabled and not self.fenced
+
+
+def config_problems(spec: RegionSpec) -> list[tuple[str, str]]:
+    """(reason, message) for choices the CRD schema cannot refuse on its own."""
+    problems: list[tuple[str, str]] = []
+    try:
+        ZoneInfo(spec.scheduler.time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(
+            (
+                "InvalidTimeZone",
+                f"spec.scheduler.timeZone {spec.scheduler.time_zone!r}"
+                " is not an IANA time zone (e.g. UTC, Europe/Paris)",
+            )
+        )
+    if spec.role == "leader" and not spec.scheduler.enabled:
+        problems.append(
+            (
+                "LeaderWithoutScheduler",
+                "spec.role is leader but "
+                "spec.scheduler.enabled is false: a leader must run the decrement",
+            )
+        )
+    url = spec.sync.connection_url
+    if url is not None:
+        expected = (
+            ("redis://", "rediss://")
+            if spec.sync.backend == "redis"
+            else ("postgres://", "postgresql://")
+        )
+        if not url.startswith(expected):
+            problems.append(
+                (
+                    "ConnectionUrlMismatch",
+                    f"spec.sync.connectionUrl is not a "
+                    f"{spec.sync.backend} URL (expected {' or '.join(expected)})",
+                )
+            )
+    return problems

@@ -1,0 +1,205 @@
+"""Level-based reconciliation of one MemoriaRegion into what it owns, and its status.
+
+Every call compares the world with the spec from scratch and converges, so it can run at any
+time, any number of times: on create/update/resume, on a timer, and whenever an owned Deployment
+changes or disappears (which is how manual edits are reverted within a second). A short list of
+guarded steps:
+
+1. check what the schema cannot (time zone, consistent choices)   -> ConfigValid
+2. check the Secrets the pods will read (exist, have the key, sane) -> SecretsAvailable
+3. server-side apply ServiceAccount, Role, RoleBinding, Service, Deployment
+4. read the Deployment's availability                            -> DeploymentAvailable
+5. Ready = all of the above; status and Events only where something changed
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import conditions as c
+from .kube import Kube, path_for
+from .model import Region, config_problems
+from .render import render_all, secret_refs
+
+log = logging.getLogger("memoria_operator.reconcile")
+
+
+@dataclass
+class ReconcileResult:
+    ready: bool
+    conditions: list[dict[str, Any]]
+    changed: list[str] = field(default_factory=list)  # "Created Deployment x", ...
+    deployment_available: bool = False
+
+
+def _secret_problem(kube: Kube, region: Region) -> tuple[str, str] | None:
+    """(reason, message) for the first Secret problem, never quoting a Secret's value."""
+    for field_path, ref in secret_refs(region):
+        secret = kube.get(path_for("v1", "Secret", region.namespace, ref.name))
+        where = f"Secret {ref.name} ({field_path}) in namespace {region.namespace}"
+        if secret is None:
+            return c.SECRET_MISSING, f"{where} does not exist; create it with key {ref.key!r}"
+        raw = (secret.get("data") or {}).get(ref.key)
+        if raw is None:
+            keys = ", ".join(sorted((secret.get("data") or {}).keys())) or "none"
+            return c.SECRET_KEY_MISSING, f"{where} has no key {ref.key!r} (keys: {keys})"
+        try:
+            value = base64.b64decode(raw).decode().strip()
+        except (ValueError, UnicodeDecodeError):
+            return c.SECRET_INVALID, f"{where}: key {ref.key!r} is not UTF-8 text"
+        if not value:
+            return c.SECRET_INVALID, f"{where}: key {ref.key!r} is empty"
+        if field_path == "spec.sync.connectionSecretRef":
+            schemes = (
+                ("redis://", "rediss://")
+                if region.spec.sync.backend == "redis"
+                else ("postgres://", "postgresql://")
+            )
+            if not value.startswith(schemes):
+                return c.SECRET_INVALID, (
+                    f"{where}: key {ref.key!r} is not a "
+                    f"{region.spec.sync.backend} URL (expected "
+                    f"{' or '.join(schemes)})"
+                )
+        if field_path == "spec.store.connectionSecretRef" and not value.startswith(
+            ("postgres://", "postgresql://")
+        ):
+            return c.SECRET_INVALID, f"{where}: key {ref.key!r} is not a postgresql:// URL"
+    return None
+
+
+def _deployment_availability(
+    deployment: dict[str, Any] | None, replicas: int
+) -> tuple[bool, str, str]:
+    if deployment is None:
+        return False, c.UNAVAILABLE, "the Deployment does not exist yet"
+    status = deployment.get("status") or {}
+    available = status.get("availableReplicas") or 0
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Available":
+            ok = cond.get("status") == "True"
+            msg = f"{available}/{replicas} replicas available"
+            if not ok and cond.get("message"):
+                msg += f": {cond['message']}"
+            return ok, c.AVAILABLE if ok else c.UNAVAILABLE, msg
+    return False, c.PROGRESSING, f"{available}/{replicas} replicas available (rolling out)"
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, default_image: str) -> None:
+        self.kube = kube
+        self.default_image = default_image
+        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    def reconcile(self, body: dict[str, Any]) -> ReconcileResult:
+        region = Region.from_body(body)
+        with self._locks[region.key]:  # one reconcile per region at a time, whatever woke it
+            return self._reconcile(region, body)
+
+    def _reconcile(self, region: Region, body: dict[str, Any]) -> ReconcileResult:
+        gen = region.generation
+        updates: list[dict[str, Any]] = []
+        changed: list[str] = []
+
+        problems = config_problems(region.spec)
+        if problems:
+            reason = problems[0][0]
+            updates.append(
+                c.condition(c.CONFIG_VALID, False, reason, "; ".join(m for _, m in problems), gen)
+            )
+        else:
+            updates.append(c.condition(c.CONFIG_VALID, True, c.VALID, "spec is consistent", gen))
+
+        secret = _secret_problem(self.kube, region)
+        if secret:
+            updates.append(c.condition(c.SECRETS_AVAILABLE, False, *secret, gen))
+        else:
+            n = len(secret_refs(region))
+            updates.append(
+                c.condition(
+                    c.SECRETS_AVAILABLE,
+                    True,
+                    c.SECRETS_FOUND,
+                    f"{n} Secret reference(s) resolved",
+                    gen,
+                )
+            )
+
+        deployment: dict[str, Any] | None
+        dep_path = path_for("apps/v1", "Deployment", region.namespace, region.workload_name)
+        if problems:
+            # a spec the pods cannot run: leave what is deployed alone until it is fixed
+            deployment = self.kube.get(dep_path)
+        else:
+            deployment = None
+            for obj in render_all(region, self.default_image):
+                meta = obj["metadata"]
+                path = path_for(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+                before = self.kube.get(path)
+                after = self.kube.apply(obj)
+                if before is None:
+                    changed.append(f"Created {obj['kind']} {meta['name']}")
+                elif before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]:
+                    changed.append(f"Updated {obj['kind']} {meta['name']}")
+                if obj["kind"] == "Deployment":
+                    deployment = after
+
+        ok, reason, message = _deployment_availability(deployment, region.spec.replicas)
+        updates.append(c.condition(c.DEPLOYMENT_AVAILABLE, ok, reason, message, gen))
+        failing = [u for u in updates if u["status"] != "True"]
+        if failing:
+            first = failing[0]
+            ready = c.condition(c.READY, False, first["reason"], first["message"], gen)
+        else:
+            ready = c.condition(c.READY, True, c.AVAILABLE, "region is running", gen)
+        updates.insert(0, ready)
+
+        self._write_status(region, body, updates, changed)
+        return ReconcileResult(not failing, updates, changed, ok)
+
+    def _write_status(
+        self,
+        region: Region,
+        body: dict[str, Any],
+        updates: list[dict[str, Any]],
+        changed: list[str],
+    ) -> None:
+        transitions: list[dict[str, Any]] = []
+
+        def mutate(status: dict[str, Any]) -> None:
+            transitions.clear()  # called again on a write conflict: count from the fresh read
+            old = status.get("conditions") or []
+            for new in updates:
+                prev = c.find(old, new["type"])
+                if prev is None or (prev.get("status"), prev.get("reason")) != (
+                    new["status"],
+                    new["reason"],
+                ):
+                    transitions.append(new)
+            status["conditions"] = c.merge(old, updates)
+            status["observedGeneration"] = region.generation
+            status["deployment"] = region.workload_name
+            status["service"] = region.workload_name
+
+        self.kube.update_status(region.namespace, region.name, mutate)
+        for what in changed:
+            self.kube.event(body, "Normal", what.split()[0], what)
+            log.info("%s: %s", region.key, what)
+        for cond in transitions:
+            if cond["type"] == c.READY:
+                if cond["reason"] == c.PROGRESSING:
+                    continue  # a rollout under way is not a problem worth an Event
+                kind = "Normal" if cond["status"] == "True" else "Warning"
+                self.kube.event(
+                    body,
+                    kind,
+                    "Ready" if cond["status"] == "True" else cond["reason"],
+                    cond["message"],
+                )
+            elif cond["status"] != "True" and cond["reason"] != c.PROGRESSING:
+                self.kube.event(body, "Warning", cond["reason"], cond["message"])

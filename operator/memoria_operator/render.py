@@ -1,0 +1,254 @@
+"""Pure rendering of what a MemoriaRegion owns: Deployment, Service, ServiceAccount, Role,
+RoleBinding. No API calls here; everything is unit-tested without a cluster.
+
+Secrets never reach plain env: URLs with credentials and the API key come from ``secretKeyRef``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import API_VERSION, GROUP, KIND, PLURAL
+from .model import Region, SecretKeyRef
+
+PORT = 8080
+DATA_DIR = "/var/lib/memoria"
+RUN_AS = 10001
+
+
+def labels(region: Region) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "memoria",
+        "app.kubernetes.io/instance": region.name,
+        "app.kubernetes.io/component": "region",
+        "app.kubernetes.io/managed-by": "memoria-operator",
+        f"{GROUP}/region": region.spec.region,
+        f"{GROUP}/group": region.spec.group,
+    }
+
+
+def selector(region: Region) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "memoria", "app.kubernetes.io/instance": region.name}
+
+
+def owner_reference(region: Region) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": region.name,
+        "uid": region.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(region: Region, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": region.namespace,
+        "labels": labels(region),
+        "ownerReferences": [owner_reference(region)],
+    }
+
+
+def _plain(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "value": value}
+
+
+def _secret(name: str, ref: SecretKeyRef) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def render_env(region: Region) -> list[dict[str, Any]]:
+    """The runtime's environment, in the names of the guide and DESIGN.md."""
+    spec, sync = region.spec, region.spec.sync
+    env = [
+        _plain("MEMORIA_REGION", spec.region),
+        _plain("MEMORIA_HOST", "0.0.0.0"),  # noqa: S104 - the pod's own address
+        _plain("MEMORIA_PORT", str(PORT)),
+        _plain("MEMORIA_SYNC__ENABLED", _bool(sync.enabled)),
+        _plain("MEMORIA_SYNC__BACKEND", sync.backend),
+    ]
+    if sync.connection_secret_ref is not None:
+        env.append(_secret("MEMORIA_SYNC__CONNECTION_URL", sync.connection_secret_ref))
+    elif sync.connection_url is not None:
+        env.append(_plain("MEMORIA_SYNC__CONNECTION_URL", sync.connection_url))
+    env.append(_plain("MEMORIA_SYNC__CHANNEL", sync.channel))
+    if sync.table:
+        env.append(_plain("MEMORIA_SYNC__TABLE", sync.table))
+    env += [
+        _plain("MEMORIA_SYNC__PRIVACY_FLOOR", str(spec.privacy.floor)),
+        _plain("MEMORIA_SYNC__PRIVACY_CEILING", str(spec.privacy.ceiling)),
+        _plain("MEMORIA_SYNC__REALTIME_REPLICATION", _bool(sync.realtime_replication)),
+        _plain("DECREMENT_TZ", spec.scheduler.time_zone),
+        _plain("DISABLE_SCHEDULERS", _bool(not spec.scheduler.enabled)),
+    ]
+    if spec.store.connection_secret_ref is not None:
+        env.append(_secret("MEMORIA_DATABASE__CONNECTION_STRING", spec.store.connection_secret_ref))
+    else:
+        env.append(
+            _plain("MEMORIA_DATABASE__CONNECTION_STRING", f"sqlite:///{DATA_DIR}/memoria.db")
+        )
+    if spec.api_key_secret_ref is not None:
+        env.append(_secret("MEMORIA_API_KEY", spec.api_key_secret_ref))
+    env += [
+        _plain("MEMORIA_LEADERSHIP__LEASE_NAME", region.lease_name),
+        _plain("MEMORIA_LEADERSHIP__LEASE_NAMESPACE", region.namespace),
+        _plain("MEMORIA_LEADERSHIP__IDENTITY", region.key),
+    ]
+    return env
+
+
+def secret_refs(region: Region) -> list[tuple[str, SecretKeyRef]]:
+    """(field path, reference) of every Secret the region's pods need."""
+    spec = region.spec
+    refs: list[tuple[str, SecretKeyRef]] = []
+    if spec.sync.connection_secret_ref is not None:
+        refs.append(("spec.sync.connectionSecretRef", spec.sync.connection_secret_ref))
+    if spec.store.connection_secret_ref is not None:
+        refs.append(("spec.store.connectionSecretRef", spec.store.connection_secret_ref))
+    if spec.api_key_secret_ref is not None:
+        refs.append(("spec.apiKeySecretRef", spec.api_key_secret_ref))
+    return refs
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def render_deployment(region: Region, default_image: str) -> dict[str, Any]:
+    spec = region.spec
+    resources: dict[str, Any] = {}
+    if spec.resources.requests:
+        resources["requests"] = dict(spec.resources.requests)
+    if spec.resources.limits:
+        resources["limits"] = dict(spec.resources.limits)
+    container: dict[str, Any] = {
+        "name": "memoria",
+        "image": spec.image or default_image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["memoria"],
+        "args": ["serve", "--host", "0.0.0.0", "--port", str(PORT)],  # noqa: S104
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "env": render_env(region),
+        "resources": resources,
+        "readinessProbe": _probe("/healthz", 5, 3),
+        "livenessProbe": _probe("/healthz", 10, 6),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(region, region.workload_name),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector(region)},
+            "template": {
+                "metadata": {"labels": labels(region)},
+                "spec": {
+                    "serviceAccountName": region.workload_name,
+                    "automountServiceAccountToken": True,  # the Lease watch needs it
+                    "securityContext": {"runAsNonRoot": True, "fsGroup": RUN_AS},
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "data", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def render_service(region: Region) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(region, region.workload_name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(region),
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def render_service_account(region: Region) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(region, region.workload_name),
+    }
+
+
+def render_role(region: Region) -> dict[str, Any]:
+    """What the region's pods may do: read their group's Lease, mark their own region for
+    promotion. Nothing else."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(region, region.workload_name),
+        "rules": [
+            {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "resourceNames": [region.lease_name],
+                "verbs": ["get", "list", "watch"],
+            },
+            {
+                "apiGroups": [GROUP],
+                "resources": [PLURAL],
+                "resourceNames": [region.name],
+                "verbs": ["get", "patch"],
+            },
+        ],
+    }
+
+
+def render_role_binding(region: Region) -> dict[str, Any]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(region, region.workload_name),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": region.workload_name,
+        },
+        "subjects": [
+            {"kind": "ServiceAccount", "name": region.workload_name, "namespace": region.namespace}
+        ],
+    }
+
+
+def render_all(region: Region, default_image: str) -> list[dict[str, Any]]:
+    """Everything the region owns, in the order it is applied."""
+    return [
+        render_service_account(region),
+        render_role(region),
+        render_role_binding(region),
+        render_service(region),
+        render_deployment(region, default_image),
+    ]
