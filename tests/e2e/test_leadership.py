@@ -1,0 +1,286 @@
+"""Operator II: Lease-based leadership with real region processes, on the real control plane."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import pytest
+
+from memoria.store import MemoryStore
+from memoria_operator.testenv import PostgresServer
+from memoria_operator.testenv.kube import KubeTarget
+from tests.e2e.leadership_harness import (
+    LEASE,
+    LeadershipSampler,
+    RegionBed,
+    leadership_log,
+    region_manifest,
+    region_bed,
+)
+from tests.e2e.operator_harness import condition, eventually, get, running_operator
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _metadata(bed_dir: Path, name: str) -> dict[str, str]:
+    store = MemoryStore(f"sqlite:///{bed_dir / name / 'memoria.db'}")
+    try:
+        return store.metadata()
+    finally:
+        store.close()
+
+
+def test_only_the_leader_decrements(
+    crd_installed: KubeTarget, namespace: str, tmp_path: Path
+) -> None:
+    with region_bed(crd_installed, namespace, tmp_path) as bed:
+        bed.wait_leader("region-a")
+        ns = namespace
+        assert bed.leading("region-b") is False
+        a, b = bed.processes["region-a"], bed.processes["region-b"]
+        mid = a.write("remember me", y=0)
+        eventually(lambda: b.request("GET", f"/memories/{mid}")[0] == 200, what="replication")
+        # the leader's catch-up ran today's decrement; the standby applied it from the event
+        eventually(
+            lambda: _metadata(tmp_path, "region-b").get("last_decrement_by") == "region-a",
+            what="the standby to apply the leader's decrement",
+        )
+        meta_a = _metadata(tmp_path, "region-a")
+        assert meta_a["last_decrement_by"] == "region-a"
+        assert meta_a["last_decrement_token"] == str(bed.lease()["spec"]["leaseTransitions"])
+        assert "decrement for" in a.log_path.read_text()
+        assert "decrement timer armed" not in b.log_path.read_text()
+        # statuses and the printer columns show who leads
+        assert bed.region("region-a")["status"]["role"] == "leader"
+        assert bed.region("region-b")["status"]["role"] == "standby"
+        assert bed.region("region-b")["status"]["leadership"]["holder"] == f"{ns}/region-a"
+        assert bed.region("region-a")["status"]["leadership"]["lastTransitionReason"] == (
+            "Bootstrap"
+        )
+        assert "LeadershipAcquired" in bed.events("region-a")
+
+
+@pytest.mark.parametrize("how", ["kubectl", "admin-promote"])
+def test_switchover(crd_installed: KubeTarget, namespace: str, tmp_path: Path, how: str) -> None:
+    with region_bed(crd_installed, namespace, tmp_path) as bed:
+        bed.wait_leader("region-a")
+        token_before = bed.lease()["spec"]["leaseTransitions"]
+        with LeadershipSampler(bed, ("region-a", "region-b")) as sampler:
+            started = time.monotonic()
+            if how == "kubectl":
+                crd_installed.kubectl(
+                    "annotate",
+                    "mreg",
+                    "region-b",
+                    "-n",
+                    namespace,
+                    "--overwrite",
+                    f"memoria.arcafutura.io/promote={int(time.time())}",
+                )
+            else:
+                status, body = bed.processes["region-b"].request("POST", "/admin/promote")
+                assert status == 202, body
+            bed.wait_leader("region-b", timeout=10)
+            elapsed = time.monotonic() - started
+            time.sleep(0.3)
+        assert elapsed < 5, elapsed
+        assert sampler.both_leading() == [], "both regions said they lead at the same time"
+        assert bed.leading("region-a") is False
+        lease = bed.lease()
+        assert lease["spec"]["leaseTransitions"] >= token_before + 1
+        a, b = bed.region("region-a"), bed.region("region-b")
+        assert (a["status"]["role"], b["status"]["role"]) == ("standby", "leader")
+        assert b["status"]["leadership"]["lastTransitionReason"] == "Switchover"
+        assert b["status"]["leadership"]["lastPromotion"]
+        assert "SwitchoverStarted" in bed.events("region-b")
+        assert "LeadershipAcquired" in bed.events("region-b")
+        assert {"LeadershipReleased", "LeadershipLost"} & set(bed.events("region-a"))
+        # the logs agree: region-a stopped leading before region-b started
+        a_off = [t for t, leads in leadership_log(bed.processes["region-a"]) if not leads][-1]
+        b_on = [t for t, leads in leadership_log(bed.processes["region-b"]) if leads][-1]
+        assert a_off <= b_on
+        # the request is handled once: nothing moves on the next ticks
+        time.sleep(2)
+        assert bed.holder() == f"{namespace}/region-b"
+
+
+def test_failover_drill_and_no_failback(
+    crd_installed: KubeTarget, namespace: str, tmp_path: Path
+) -> None:
+    bound = 3
+    with region_bed(crd_installed, namespace, tmp_path, bound=bound) as bed:
+        bed.wait_leader("region-a")
+        killed = time.monotonic()
+        bed.processes["region-a"].kill()
+        bed.wait_leader("region-b", timeout=bound + 10)
+        took = time.monotonic() - killed
+        assert took <= bound + 2 + 1.5, took  # bound + 2 s, plus the 1.5 s the probe may lag
+        b = bed.region("region-b")
+        assert b["status"]["leadership"]["lastTransitionReason"] == "Failover"
+        assert bed.region("region-a")["status"]["health"]["healthy"] is False
+        assert "LeadershipLost" in bed.events("region-a")
+        # region-a comes back: it stays a standby (no automatic failback)
+        bed.start("region-a")
+        eventually(
+            lambda: bed.region("region-a")["status"]["health"]["healthy"],
+            10,
+            "region-a healthy again",
+        )
+        time.sleep(2)
+        assert bed.holder() == f"{namespace}/region-b"
+        assert bed.leading("region-a") is False
+
+
+def test_operator_killed_mid_failover_leaves_one_leader(
+    crd_installed: KubeTarget, namespace: str, tmp_path: Path
+) -> None:
+    with region_bed(crd_installed, namespace, tmp_path, bound=4, operator=False) as bed:
+        with running_operator(crd_installed):
+            bed.bring_up()
+            bed.wait_leader("region-a")
+            bed.processes["region-a"].kill()
+            # the operator sees region-a unhealthy, but dies before the bound has passed
+            eventually(
+                lambda: bed.region("region-a")["status"].get("health", {}).get("healthy") is False,
+                10,
+                "region-a seen unhealthy",
+            )
+        assert bed.holder() == f"{namespace}/region-a"
+        with running_operator(crd_installed):
+            bed.wait_leader("region-b", timeout=20)
+            time.sleep(1.5)
+            roles = [bed.region(n)["status"]["role"] for n in ("region-a", "region-b")]
+            assert roles == ["standby", "leader"]
+            assert bed.holder() == f"{namespace}/region-b"
+
+
+def test_fenced_region_never_leads(
+    crd_installed: KubeTarget, namespace: str, tmp_path: Path
+) -> None:
+    with region_bed(crd_installed, namespace, tmp_path) as bed:
+        bed.wait_leader("region-a")
+        crd_installed.kubectl(
+            "annotate", "mreg", "region-a", "-n", namespace, "memoria.arcafutura.io/fenced=true"
+        )
+        bed.wait_leader("region-b", timeout=10)
+        assert bed.region("region-a")["status"]["fenced"] is True
+        assert bed.region("region-b")["status"]["leadership"]["lastTransitionReason"] == "Fenced"
+        crd_installed.kubectl(
+            "annotate",
+            "mreg",
+            "region-a",
+            "-n",
+            namespace,
+            "--overwrite",
+            f"memoria.arcafutura.io/promote={int(time.time())}",
+        )
+        eventually(lambda: "PromotionRefused" in bed.events("region-a"), 10, "refusal")
+        # and when the leader dies, the fenced region is still not chosen
+        bed.processes["region-b"].kill()
+        time.sleep(6)
+        assert bed.holder() in (f"{namespace}/region-b", None)
+        assert bed.leading("region-a") is False
+
+
+def test_two_regions_asking_to_lead_get_a_condition(
+    crd_installed: KubeTarget, namespace: str, tmp_path: Path
+) -> None:
+    crd_installed.apply(region_manifest("one", "leader", 1, 100), namespace)
+    crd_installed.apply(region_manifest("two", "leader", 2, 100), namespace)
+    with running_operator(crd_installed):
+        for name in ("one", "two"):
+            eventually(
+                lambda n=name: condition(
+                    get(crd_installed, "mreg", n, namespace), "LeadershipValid"
+                ),
+                what="condition",
+            )
+            cond = condition(get(crd_installed, "mreg", name, namespace), "LeadershipValid")
+            assert cond["status"] == "False" and cond["reason"] == "LeaderConflict"
+            assert "set spec.role: leader on exactly one" in cond["message"]
+        time.sleep(1)
+        lease = get(crd_installed, "lease", LEASE, namespace)
+        assert lease is None or not lease["spec"].get("holderIdentity")
+
+
+def test_split_brain_is_fenced_in_a_shared_store(
+    crd_installed: KubeTarget, namespace: str, tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    """The test rewrites the Lease behind a leader that cannot see the API server any more:
+    both processes believe they lead; the shared store still decrements each date once."""
+    store = postgres_server.create_database(f"split_{namespace.replace('-', '_')}")
+    seed = MemoryStore(store)
+    for i in range(10):
+        seed.create_memory(
+            namespace="s",
+            text=f"m{i}",
+            x_coord=0.0,
+            y_coord=0.0,
+            z_coord=0.0,
+            origin="seed",
+            make_event=lambda _m: None,
+        )
+    seed.close()
+    with region_bed(
+        crd_installed, namespace, tmp_path, start_processes=False, operator=False
+    ) as bed:
+        shared = {"MEMORIA_DATABASE__CONNECTION_STRING": store}
+        bed.extra_env = {"region-a": shared, "region-b": shared}
+        with running_operator(crd_installed):
+            bed.bring_up(start_processes=False)
+            bed.start("region-a", via_proxy=True)
+            bed.start("region-b")
+            bed.wait_leader("region-a")
+        # the operator is gone now; the region processes keep running
+        _split_brain(crd_installed, bed, namespace, store)
+
+
+def _x_values(store: str) -> set[float]:
+    check = MemoryStore(store)
+    try:
+        return {m.x_coord for m in check.list_memories(limit=100)}
+    finally:
+        check.close()
+
+
+def _split_brain(kube: KubeTarget, bed: RegionBed, namespace: str, store: str) -> None:
+    a, b = bed.processes["region-a"], bed.processes["region-b"]
+    eventually(lambda: len(_x_values(store)) == 1, what="start-up decrements settled")
+    (before,) = _x_values(store)
+    lease = bed.lease()
+    token = lease["spec"]["leaseTransitions"]
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    lease["spec"].update(
+        holderIdentity=f"{namespace}/region-a", renewTime=now, leaseDurationSeconds=60
+    )
+    kube.apply(lease)
+    time.sleep(0.5)
+    bed.proxies["region-a"].cut()  # region-a can no longer see the API server
+    lease = bed.lease()
+    lease["spec"].update(
+        holderIdentity=f"{namespace}/region-b",
+        renewTime=now,
+        leaseTransitions=token + 1,
+        leaseDurationSeconds=60,
+    )
+    kube.apply(lease)
+    eventually(lambda: bed.leading("region-b") is True, 10, "region-b to lead")
+    assert bed.leading("region-a") is True  # split brain: both believe they lead
+    # both decrement the same date, then region-a (the stale one) tries a new date
+    results = {
+        n: p.request("POST", "/admin/decrement", {"date": "2033-03-03"})[1]
+        for n, p in (("a", a), ("b", b))
+    }
+    assert sorted(r["ran"] for r in results.values()) == [False, True], results
+    stale = a.request("POST", "/admin/decrement", {"date": "2033-03-04"})[1]
+    assert (stale["ran"], stale["reason"]) == (False, "stale"), stale
+    assert _x_values(store) == {before - 1}
+    check = MemoryStore(store)
+    try:
+        assert check.metadata()["last_decrement_date"] == "2033-03-03"
+    finally:
+        check.close()
+    bed.proxies["region-a"].heal()
+    eventually(lambda: bed.leading("region-a") is False, 15, "region-a to step down")
