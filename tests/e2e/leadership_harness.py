@@ -97,11 +97,12 @@ class RegionBed:
             what=f"deployment of {name}",
         )
         env = {k: v for k, v in env_of(dep).items() if isinstance(v, str)}
+        store = self.workdir / name / "memoria.db"
         env.update(
             {
                 "MEMORIA_SYNC__CONNECTION_URL": self.redis.url,
                 "MEMORIA_LEADERSHIP__KUBECONFIG": str(self.kubeconfig_for(name, via_proxy)),
-                "MEMORIA_DATABASE__CONNECTION_STRING": f"sqlite:///{self.workdir / name / 'memoria.db'}",
+                "MEMORIA_DATABASE__CONNECTION_STRING": f"sqlite:///{store}",
             }
         )
         env.pop("MEMORIA_HOST", None)

@@ -16,8 +16,8 @@ from tests.e2e.leadership_harness import (
     LeadershipSampler,
     RegionBed,
     leadership_log,
-    region_manifest,
     region_bed,
+    region_manifest,
 )
 from tests.e2e.operator_harness import condition, eventually, get, running_operator
 
