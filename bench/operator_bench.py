@@ -66,7 +66,7 @@ class DeploymentWatch(threading.Thread):
         try:
             for event in stream:
                 self.seen.setdefault(event["object"].metadata.name, time.monotonic())
-        except Exception:  # noqa: S110 - the control plane stopping ends the watch
+        except Exception:
             pass
 
 
