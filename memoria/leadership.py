@@ -208,7 +208,9 @@ def request_promotion(settings: LeadershipSettings) -> str:
 
     namespace, name = settings.identity.split("/", 1)
     api = client.CustomObjectsApi(load_kube_config(settings.kubeconfig))
-    value = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    # seconds since the epoch, like `date +%s` in the documented kubectl command: the operator
+    # treats the numerically largest pending request as the newest
+    value = f"{time.time():.6f}"
     body = {"metadata": {"annotations": {PROMOTE_ANNOTATION: value}}}
     try:
         api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)

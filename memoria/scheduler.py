@@ -75,20 +75,23 @@ class DecrementScheduler:
 
     def set_leadership(self, leadership: Leadership) -> None:
         with self._cond:
-            changed = (leadership.leading, leadership.token) != (
-                self.leadership.leading,
-                self.leadership.token,
-            )
+            old = self.leadership
+            changed = (leadership.leading, leadership.token) != (old.leading, old.token)
+            # The log lines bracket the flip: "does not lead" is written before the state
+            # changes, "leads" after, so logs of two regions order their flips truthfully.
+            if changed and old.leading and not leadership.leading:
+                log.info("leadership: this region does not lead (holder: %s)", leadership.holder)
             self.leadership = leadership
             self._cond.notify_all()
+            if changed and leadership.leading:
+                log.info("leadership: this region leads (fencing token %d)", leadership.token)
         if changed:
             self.runtime.metrics.leader.set(1 if leadership.leading else 0)
             self.runtime.metrics.fencing_token.set(leadership.token)
             if leadership.leading:
-                log.info("leadership: this region leads (fencing token %d)", leadership.token)
                 # refuse older leaders in our store from now on, even before our first run
                 self.runtime.store.raise_fencing_token(leadership.token)
-            else:
+            elif not old.leading:
                 log.info("leadership: this region does not lead (holder: %s)", leadership.holder)
 
     def settings_changed(self) -> None:

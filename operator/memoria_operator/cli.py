@@ -27,11 +27,18 @@ def run(namespaces: list[str], liveness: str | None, leader_election: bool) -> i
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from .liveness import LIVENESS
+
+    if liveness:
+        LIVENESS.serve(liveness)
     election = None
     if leader_election and config.leader_election:
+        LIVENESS.state = "standby"
         election = OperatorElection(Kube(load_api_client()), config)
         election.acquire()
         election.keep_renewing()
+    LIVENESS.state = "leading"
+    LIVENESS.beat()
     verbose = os.environ.get("MEMORIA_OPERATOR_VERBOSE") == "1"
     logging.getLogger().handlers.clear()  # kopf installs its own handler: no double lines
     kopf.configure(verbose=verbose)
@@ -71,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument(
         "--liveness",
         default=os.environ.get("MEMORIA_OPERATOR_LIVENESS"),
-        help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
+        help="serve the liveness probe, e.g. http://0.0.0.0:8080/healthz (answers while "
+        "standing by too)",
     )
     p_run.add_argument(
         "--no-leader-election",

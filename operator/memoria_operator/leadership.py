@@ -37,6 +37,7 @@ from . import conditions as c
 from .config import HANDOVER_ANNOTATION, REASON_ANNOTATION, OperatorConfig
 from .health import Health, HealthTracker
 from .kube import Conflict, Kube, path_for
+from .liveness import LIVENESS
 from .metrics import OperatorMetrics
 from .model import Region
 
@@ -147,6 +148,15 @@ def _facts(view: GroupView) -> _LeaseFacts:
     )
 
 
+def _request_order(value: str | None) -> tuple[int, float, str]:
+    """Newest first: values that are numbers (``date +%s``, what /admin/promote writes) compare
+    as numbers and rank above free-form values, which compare as text."""
+    try:
+        return 1, float(value or ""), ""
+    except ValueError:
+        return 0, 0.0, value or ""
+
+
 def _answer_promotions(view: GroupView, facts: _LeaseFacts) -> tuple[dict[str, Ack], Region | None]:
     """Answer each new promote request once; the newest acceptable one becomes the target."""
     acks: dict[str, Ack] = {}
@@ -157,7 +167,7 @@ def _answer_promotions(view: GroupView, facts: _LeaseFacts) -> tuple[dict[str, A
         if r.promote_request
         and r.promote_request != (r.status.get("leadership") or {}).get("lastPromotion")
     ]
-    for region in sorted(pending, key=lambda r: r.promote_request or "", reverse=True):
+    for region in sorted(pending, key=lambda r: _request_order(r.promote_request), reverse=True):
         value = region.promote_request or ""
         if region.key == facts.holder:
             acks[region.key] = Ack(
@@ -205,7 +215,11 @@ def _continue_handover(view: GroupView, facts: _LeaseFacts) -> Decision:
     return Decision("keep", message=f"waiting for {old} to stop its scheduler")
 
 
-def _bootstrap(view: GroupView) -> Decision:
+def _bootstrap(view: GroupView, target: Region | None) -> Decision:
+    if target is not None:
+        return Decision(
+            "acquire", target.key, "Switchover", f"{target.key} was promoted before anyone led"
+        )
     leaders = sorted(r.key for r in view.regions.values() if r.spec.role == "leader")
     if len(leaders) > 1:
         return Decision(
@@ -216,40 +230,55 @@ def _bootstrap(view: GroupView) -> Decision:
                 "leader on exactly one; nobody gets the Lease until then"
             ),
         )
-    if leaders and view.regions[leaders[0]].may_lead and view.healthy(leaders[0]):
+    if not leaders:
+        return Decision(
+            "keep",
+            message=("no region has spec.role: leader; set it on one region, or promote one"),
+        )
+    if view.regions[leaders[0]].may_lead and view.healthy(leaders[0]):
         return Decision(
             "acquire",
             leaders[0],
             "Bootstrap",
             f"{leaders[0]} leads from the start (spec.role: leader)",
         )
-    return Decision("keep", message="waiting for the bootstrap leader to be healthy")
+    return Decision(
+        "keep",
+        message=f"waiting for the bootstrap leader {leaders[0]} to be healthy and allowed to lead",
+    )
+
+
+def _nobody_leads(view: GroupView, target: Region | None, why: str) -> Decision:
+    """Nobody holds a valid grant: the promoted region if any, else the best standby."""
+    if target is not None:
+        return Decision("acquire", target.key, "Switchover", f"{why}; {target.key} was promoted")
+    best = view.candidates(failover=True)
+    if best:
+        return Decision(
+            "acquire", best[0].key, "Failover", f"{why}; {best[0].key} is the best healthy standby"
+        )
+    return Decision("keep", message=f"{why}; no healthy eligible region to lead")
 
 
 def _with_holder(view: GroupView, facts: _LeaseFacts, target: Region | None) -> Decision:
     holder = facts.holder or ""
     current = view.regions.get(holder)
     if current is None:
-        best = view.candidates(failover=True)
+        decision = _nobody_leads(view, target, f"holder {holder} no longer exists")
+        if decision.kind == "keep":
+            return Decision("release", reason="Released", message=decision.message)
+        return decision
+    if not current.may_lead:
+        # fenced by hand, or its scheduler was switched off: it must not keep the Lease
+        reason = "Fenced" if current.fenced else "Released"
+        why = "is fenced" if current.fenced else "has its scheduler disabled"
+        best = [target] if target is not None else view.candidates(failover=False, exclude=holder)
         if best:
             return Decision(
-                "acquire",
-                best[0].key,
-                "Failover",
-                f"holder {holder} no longer exists; {best[0].key} takes over",
-            )
-        return Decision("release", reason="Released", message=f"holder {holder} is gone")
-    if current.fenced:
-        best = view.candidates(failover=False, exclude=holder)
-        if best:
-            return Decision(
-                "handover",
-                best[0].key,
-                "Fenced",
-                f"{holder} is fenced; handing over to {best[0].key}",
+                "handover", best[0].key, reason, f"{holder} {why}; handing over to {best[0].key}"
             )
         return Decision(
-            "release", reason="Fenced", message=f"{holder} is fenced and no region can take over"
+            "release", reason=reason, message=f"{holder} {why} and no region can take over"
         )
     if target is not None:
         return Decision(
@@ -285,19 +314,9 @@ def decide(view: GroupView) -> Decision:
     if facts.in_handover:
         decision = _continue_handover(view, facts)
     elif view.lease is None:
-        decision = _bootstrap(view)
+        decision = _bootstrap(view, target)
     elif facts.holder is None:
-        best = view.candidates(failover=True)
-        decision = (
-            Decision(
-                "acquire",
-                best[0].key,
-                "Failover",
-                f"nobody led; {best[0].key} is the best healthy standby",
-            )
-            if best
-            else Decision("keep", message="no healthy eligible region to lead")
-        )
+        decision = _nobody_leads(view, target, "nobody led")
     else:
         decision = _with_holder(view, facts, target)
     decision.acks = acks
@@ -354,6 +373,7 @@ class LeadershipManager:
         self._loop = asyncio.get_running_loop()
         try:
             while True:
+                LIVENESS.beat()
                 try:
                     await self.tick()
                 except asyncio.CancelledError:

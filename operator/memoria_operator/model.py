@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .config import FENCED_ANNOTATION, PROMOTE_ANNOTATION
 
@@ -75,6 +75,14 @@ class RegionSpec(_Model):
     store: StoreSpec = Field(default_factory=StoreSpec)
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, alias="apiKeySecretRef")
     failover: FailoverSpec = Field(default_factory=FailoverSpec)
+
+    @field_validator("api_key_secret_ref", mode="before")
+    @classmethod
+    def _api_key_default(cls, value: Any) -> Any:
+        # the CRD defaults this reference's key to "api-key", not "url" like the others
+        if isinstance(value, dict) and "key" not in value:
+            return {**value, "key": "api-key"}
+        return value
 
 
 class Region(_Model):

@@ -98,7 +98,9 @@ def test_switchover(crd_installed: KubeTarget, namespace: str, tmp_path: Path, h
         assert "LeadershipAcquired" in bed.events("region-b")
         assert {"LeadershipReleased", "LeadershipLost"} & set(bed.events("region-a"))
         # the logs agree: region-a stopped leading before region-b started
-        a_off = [t for t, leads in leadership_log(bed.processes["region-a"]) if not leads][-1]
+        a_log = leadership_log(bed.processes["region-a"])
+        last_on = max(i for i, (_, leads) in enumerate(a_log) if leads)
+        a_off = next(t for t, leads in a_log[last_on:] if not leads)
         b_on = [t for t, leads in leadership_log(bed.processes["region-b"]) if leads][-1]
         assert a_off <= b_on
         # the request is handled once: nothing moves on the next ticks

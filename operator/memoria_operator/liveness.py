@@ -1,0 +1,59 @@
+"""The operator process's liveness endpoint, served from start to exit.
+
+kopf's own liveness endpoint only exists once kopf runs, but a standby replica waits for the
+operator Lease before starting kopf and must still answer its probe. So the process serves its
+own: 200 while standing by (the election loop is alive), and 200 while leading as long as the
+leadership loop has ticked recently; 503 otherwise, so a wedged operator gets restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+
+class Liveness:
+    def __init__(self, stale_after: float = 60.0) -> None:
+        self.stale_after = stale_after
+        self.state = "starting"  # starting | standby | leading
+        self.last_beat = time.monotonic()
+
+    def beat(self) -> None:
+        self.last_beat = time.monotonic()
+
+    def report(self) -> tuple[int, dict[str, object]]:
+        age = time.monotonic() - self.last_beat
+        alive = self.state in ("starting", "standby") or age < self.stale_after
+        return (200 if alive else 503), {"state": self.state, "seconds_since_tick": round(age, 1)}
+
+    def serve(self, url: str) -> ThreadingHTTPServer:
+        parsed = urlparse(url)
+        path = parsed.path or "/healthz"
+        liveness = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != path:
+                    self.send_error(404)
+                    return
+                code, body = liveness.report()
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                return  # probes every few seconds are not worth a log line
+
+        server = ThreadingHTTPServer((parsed.hostname or "0.0.0.0", parsed.port or 8080), Handler)  # noqa: S104
+        threading.Thread(target=server.serve_forever, name="liveness", daemon=True).start()
+        return server
+
+
+#: the one liveness state of this process
+LIVENESS = Liveness()
