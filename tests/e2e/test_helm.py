@@ -1,0 +1,405 @@
+"""The Helm chart on the real control plane: lint, schema, install/upgrade/uninstall, and least
+privilege proven by running the operator with the chart's ServiceAccount."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from memoria_operator.testenv import Binaries, ManagedProcess
+from memoria_operator.testenv.kube import KubeTarget
+from tests.conftest import REPO
+from tests.e2e.operator_harness import TEST_ENV, condition, eventually, get, mark_available, secret
+
+pytestmark = pytest.mark.e2e
+CHART = REPO / "charts" / "memoria"
+
+
+def helm(
+    kube: KubeTarget, binaries: Binaries, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(binaries.helm), *args],
+        capture_output=True,
+        text=True,
+        env=kube.env,
+        timeout=120,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)}: {proc.stderr}")
+    return proc
+
+
+def test_lint_and_template_are_clean(kube: KubeTarget, binaries: Binaries) -> None:
+    lint = helm(kube, binaries, "lint", str(CHART), "--strict")
+    assert "0 chart(s) failed" in lint.stdout
+    rendered = helm(
+        kube,
+        binaries,
+        "template",
+        "demo",
+        str(CHART),
+        "-n",
+        "memoria-system",
+        "--set",
+        "regions[0].name=region-a",
+        "--set",
+        "regions[0].spec.region=a",
+        "--set",
+        "regions[0].spec.sync.backend=redis",
+        "--set",
+        "regions[0].spec.sync.connectionUrl=redis://r:6379/0",
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ClusterRoleBinding",
+        "Deployment",
+        "MemoriaRegion",
+        "Service",
+        "ServiceAccount",
+    ]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    sc = pod["containers"][0]["securityContext"]
+    assert sc == {
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert pod["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for role in (d for d in docs if d["kind"] == "ClusterRole"):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "needle"),
+    [
+        ("operator.replicas=0", "/operator/replicas"),
+        ("operator.lease.durationSeconds=abc", "/operator/lease/durationSeconds"),
+        ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
+        ("operator.colour=blue", "'colour' not allowed"),
+        ("metrics.port=80", "/metrics/port"),
+        ("regions[0].name=UPPER", "/regions/0"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_value(
+    kube: KubeTarget, binaries: Binaries, flag: str, needle: str
+) -> None:
+    proc = helm(kube, binaries, "template", "bad", str(CHART), "--set", flag, check=False)
+    assert proc.returncode != 0
+    assert needle in proc.stderr, proc.stderr
+
+
+@pytest.fixture
+def release(crd_installed: KubeTarget, binaries: Binaries) -> Iterator[tuple[str, str]]:
+    name = f"m{uuid.uuid4().hex[:6]}"
+    namespace = f"{name}-system"
+    helm(
+        crd_installed,
+        binaries,
+        "install",
+        name,
+        str(CHART),
+        "-n",
+        namespace,
+        "--create-namespace",
+        "--set-json",
+        "operator.resyncSeconds=3",
+        "--set-json",
+        "operator.lease.durationSeconds=3",
+        "--set-json",
+        "operator.lease.renewIntervalSeconds=1",
+        "--set-json",
+        "operator.lease.retryIntervalSeconds=0.25",
+    )
+    yield name, namespace
+    helm(crd_installed, binaries, "uninstall", name, "-n", namespace, check=False)
+
+
+def test_install_upgrade_uninstall(crd_installed: KubeTarget, binaries: Binaries) -> None:
+    kube = crd_installed
+    name = f"m{uuid.uuid4().hex[:6]}"
+    ns = f"{name}-system"
+    region_values = [
+        "--set",
+        "regions[0].name=region-a",
+        "--set",
+        "regions[0].spec.region=a",
+        "--set",
+        "regions[0].spec.role=leader",
+        "--set",
+        "regions[0].spec.sync.backend=redis",
+        "--set",
+        "regions[0].spec.sync.connectionUrl=redis://r:6379/0",
+    ]
+    out = helm(
+        kube, binaries, "install", name, str(CHART), "-n", ns, "--create-namespace", *region_values
+    ).stdout
+    assert "kubectl get mreg -A -w" in out  # NOTES tell the user what to do next
+    operator = f"{name}-memoria-operator"
+    dep = get(kube, "deployment", operator, ns)
+    assert dep is not None and get(kube, "serviceaccount", operator, ns) is not None
+    assert get(kube, "mreg", "region-a", ns) is not None
+    generation = dep["metadata"]["generation"]
+    helm(
+        kube,
+        binaries,
+        "upgrade",
+        name,
+        str(CHART),
+        "-n",
+        ns,
+        *region_values,
+        "--set",
+        "operator.resyncSeconds=45",
+    )
+    dep = get(kube, "deployment", operator, ns)
+    assert dep["metadata"]["generation"] > generation  # the pod template changed: a rollout
+    env = {
+        e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["MEMORIA_OPERATOR_RESYNC_SECONDS"] == "45"
+    helm(kube, binaries, "uninstall", name, "-n", ns)
+    for kind, obj, where in (
+        ("deployment", operator, ns),
+        ("serviceaccount", operator, ns),
+        ("service", f"{name}-memoria-metrics", ns),
+        ("mreg", "region-a", ns),
+    ):
+        eventually(
+            lambda k=kind, o=obj, w=where: get(kube, k, o, w) is None, 30, f"{kind} {obj} removed"
+        )
+    for kind in ("clusterrole", "clusterrolebinding"):
+        for suffix in ("framework", "application"):
+            gone = kube.kubectl("get", kind, f"{operator}-{suffix}", check=False)
+            assert gone.returncode != 0
+    # kept on purpose: the CRD (deleting it would delete every region in the cluster)
+    assert kube.kubectl("get", "crd", "memoriaregions.memoria.arcafutura.io").returncode == 0
+
+
+def _token_kubeconfig(kube: KubeTarget, sa: str, namespace: str, path: Path) -> Path:
+    token = kube.kubectl("create", "token", sa, "-n", namespace, "--duration=1h").stdout.strip()
+    doc = yaml.safe_load(kube.kubeconfig.read_text())
+    doc["users"][0]["user"] = {"token": token}
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _run_operator(
+    kube: KubeTarget, kubeconfig: Path, release_ns: str, release: str, watch_ns: str, log: Path
+) -> ManagedProcess:
+    env = {
+        **os.environ,
+        **TEST_ENV,
+        "KUBECONFIG": str(kubeconfig),
+        "MEMORIA_OPERATOR_ELECTION_NAMESPACE": release_ns,
+        "MEMORIA_OPERATOR_ELECTION_LEASE_NAME": f"{release}-memoria-operator",
+    }
+    proc = ManagedProcess(
+        "operator", [sys.executable, "-m", "memoria_operator", "run", "-n", watch_ns], log, env=env
+    )
+    proc.start()
+    return proc
+
+
+def _scenario(kube: KubeTarget, ns: str, timeout: float) -> str | None:
+    """Operator I and II in brief; returns what did not happen, or None."""
+    secret(kube, ns, "sync-url", url="redis://:pw@redis:6379/0")
+    for name, role in (("region-a", "leader"), ("region-b", "standby")):
+        body = {
+            "apiVersion": "memoria.arcafutura.io/v1alpha1",
+            "kind": "MemoriaRegion",
+            "metadata": {"name": name},
+            "spec": {
+                "region": name,
+                "role": role,
+                "sync": {"backend": "redis", "connectionSecretRef": {"name": "sync-url"}},
+            },
+        }
+        kube.apply(body, ns)
+    steps: list[tuple[str, Any]] = [
+        (
+            "owned objects",
+            lambda: all(
+                get(kube, k, "memoria-region-a", ns)
+                for k in ("deployment", "service", "serviceaccount", "role", "rolebinding")
+            ),
+        ),
+        (
+            "secrets checked",
+            lambda: (
+                (condition(get(kube, "mreg", "region-a", ns), "SecretsAvailable") or {}).get(
+                    "status"
+                )
+                == "True"
+            ),
+        ),
+    ]
+    deadline = time.monotonic() + timeout
+    for what, check in steps:
+        try:
+            eventually(check, max(0.1, deadline - time.monotonic()), what)
+        except AssertionError:
+            return what
+    for name in ("region-a", "region-b"):
+        mark_available(kube, ns, f"memoria-{name}")
+    more: list[tuple[str, Any]] = [
+        (
+            "Ready",
+            lambda: (
+                (condition(get(kube, "mreg", "region-a", ns), "Ready") or {}).get("status")
+                == "True"
+            ),
+        ),
+        (
+            "Lease bootstrap",
+            lambda: (
+                ((get(kube, "lease", "memoria-scheduler-default", ns) or {}).get("spec") or {}).get(
+                    "holderIdentity"
+                )
+                == f"{ns}/region-a"
+            ),
+        ),
+        (
+            "Events",
+            lambda: (
+                "Created"
+                in kube.kubectl(
+                    "get", "events", "-n", ns, "--field-selector=involvedObject.name=region-a"
+                ).stdout
+            ),
+        ),
+    ]
+    for what, check in more:
+        try:
+            eventually(check, max(0.1, deadline - time.monotonic()), what)
+        except AssertionError:
+            return what
+    kube.kubectl(
+        "annotate",
+        "mreg",
+        "region-b",
+        "-n",
+        ns,
+        "--overwrite",
+        f"memoria.arcafutura.io/promote={time.time()}",
+    )
+    try:
+        eventually(
+            lambda: (
+                get(kube, "lease", "memoria-scheduler-default", ns)["spec"].get("holderIdentity")
+                == f"{ns}/region-b"
+            ),
+            max(0.1, deadline - time.monotonic()),
+            "switchover",
+        )
+    except AssertionError:
+        return "switchover"
+    return None
+
+
+@pytest.mark.slow
+def test_least_privilege(
+    crd_installed: KubeTarget, release: tuple[str, str], tmp_path: Path
+) -> None:
+    kube = crd_installed
+    name, release_ns = release
+    sa = f"{name}-memoria-operator"
+    kubeconfig = _token_kubeconfig(kube, sa, release_ns, tmp_path / "operator.kubeconfig")
+    # the chart's identity is really limited: no Secrets in its own namespace beyond get
+    denied = kube.kubectl(
+        "delete", "secret", "x", "-n", release_ns, kubeconfig=kubeconfig, check=False
+    )
+    assert "forbidden" in denied.stderr.lower()
+
+    def run(tag: str, timeout: float) -> str | None:
+        ns = kube.create_namespace(tag)
+        proc = _run_operator(kube, kubeconfig, release_ns, name, ns, tmp_path / f"{tag}.log")
+        try:
+            return _scenario(kube, ns, timeout)
+        finally:
+            proc.stop()
+
+    assert run("lp-full", 60) is None, (tmp_path / "lp-full.log").read_text()[-3000:]
+
+    application = f"{sa}-application"
+    original = json.loads(kube.kubectl("get", "clusterrole", application, "-o", "json").stdout)
+    framework = f"{sa}-framework"
+    original_fw = json.loads(kube.kubectl("get", "clusterrole", framework, "-o", "json").stdout)
+    removals = [
+        (application, original, lambda r: r["resources"] == ["secrets"]),
+        (application, original, lambda r: r["resources"] == ["deployments"]),
+        (application, original, lambda r: r["resources"] == ["memoriaregions/status"]),
+        (application, original, lambda r: r["resources"] == ["leases"]),
+        (framework, original_fw, lambda r: r["resources"] == ["events"]),
+    ]
+    for i, (role, source, match) in enumerate(removals):
+        kept = [r for r in source["rules"] if not match(r)]
+        assert len(kept) == len(source["rules"]) - 1
+        kube.kubectl(
+            "patch", "clusterrole", role, "--type=merge", "-p", json.dumps({"rules": kept})
+        )
+        try:
+            failed = run(f"lp-cut{i}", 15)
+            assert failed is not None, f"still works without {role} rule #{i}"
+        finally:
+            kube.kubectl(
+                "patch",
+                "clusterrole",
+                role,
+                "--type=merge",
+                "-p",
+                json.dumps({"rules": source["rules"]}),
+            )
+
+
+def test_region_service_account_is_limited(crd_installed: KubeTarget, namespace: str) -> None:
+    from tests.e2e.operator_harness import running_operator
+
+    kube = crd_installed
+    for name in ("region-a", "region-b"):
+        kube.apply(
+            {
+                "apiVersion": "memoria.arcafutura.io/v1alpha1",
+                "kind": "MemoriaRegion",
+                "metadata": {"name": name},
+                "spec": {
+                    "region": name,
+                    "sync": {"backend": "redis", "connectionUrl": "redis://r:6379/0"},
+                },
+            },
+            namespace,
+        )
+    with running_operator(kube):
+        eventually(lambda: get(kube, "rolebinding", "memoria-region-a", namespace), what="rbac")
+    who = f"system:serviceaccount:{namespace}:memoria-region-a"
+
+    def can(*args: str) -> bool:
+        out = kube.kubectl("auth", "can-i", *args, "-n", namespace, f"--as={who}", check=False)
+        return out.stdout.strip() == "yes"
+
+    assert can("get", "leases/memoria-scheduler-default")
+    assert can("watch", "leases/memoria-scheduler-default")
+    assert can("patch", "memoriaregions.memoria.arcafutura.io/region-a")
+    assert not can("update", "leases/memoria-scheduler-default")
+    assert not can("create", "leases")
+    assert not can("patch", "memoriaregions.memoria.arcafutura.io/region-b")
+    assert not can("get", "secrets")
+    assert not can("get", "leases/some-other-lease")
