@@ -24,7 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
 from memoria_operator.testenv import LocalControlPlane, ManagedProcess, ensure_binaries  # noqa: E402
 from memoria_operator.testenv.kube import KubeTarget  # noqa: E402
-from tests.e2e.leadership_harness import region_bed  # noqa: E402
+from memoria_operator.testenv.regions import region_bed  # noqa: E402
 
 TIMINGS = {
     "MEMORIA_OPERATOR_LEASE_DURATION_SECONDS": "4",
@@ -79,7 +79,7 @@ def main() -> None:
             env=env,
         )
         operator.start()
-        with region_bed(kube, ns, tmp, bound=args.bound, operator=False) as bed:
+        with region_bed(kube, ns, tmp, bound=args.bound) as bed:
             bed.bring_up()
             leader, standby = "region-a", "region-b"
             wait_leading(bed, leader)

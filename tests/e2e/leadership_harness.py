@@ -1,224 +1,28 @@
-"""Two regions on the real control plane, with real ``memoria serve`` processes as workloads.
-
-No kubelet runs here, so the harness plays its part: it writes the Deployments' status, and it
-runs each region's pod as a local ``memoria serve`` process with the environment the operator
-rendered into the Deployment, authenticated by a token of the region's own ServiceAccount (so
-the per-region Role is exercised for real). ``spec.failover.healthUrl`` points at the process.
-"""
+"""The two-region bed of memoria_operator.testenv.regions, with the in-process operator."""
 
 from __future__ import annotations
 
-import json
-import re
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from memoria_operator.testenv import MemoriaProcess, RedisServer, free_port
 from memoria_operator.testenv.kube import KubeTarget
-from memoria_operator.testenv.proxy import TcpProxy
-from tests.e2e.operator_harness import env_of, eventually, get, mark_available, running_operator
-
-LEASE = "memoria-scheduler-default"
-
-
-def region_manifest(
-    name: str, role: str, port: int, priority: int, bound: int = 3, **extra: Any
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "region": name,
-        "role": role,
-        "priority": priority,
-        "sync": {"backend": "redis", "connectionUrl": "redis://placeholder:6379/0"},
-        "failover": {
-            "healthUrl": f"http://127.0.0.1:{port}/healthz",
-            "unhealthyAfterSeconds": bound,
-        },
-    }
-    spec.update(extra)
-    return {
-        "apiVersion": "memoria.arcafutura.io/v1alpha1",
-        "kind": "MemoriaRegion",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
-@dataclass
-class RegionBed:
-    kube: KubeTarget
-    namespace: str
-    redis: RedisServer
-    ports: dict[str, int]
-    workdir: Path
-    processes: dict[str, MemoriaProcess] = field(default_factory=dict)
-    proxies: dict[str, TcpProxy] = field(default_factory=dict)
-    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def lease(self) -> dict[str, Any] | None:
-        return get(self.kube, "lease", LEASE, self.namespace)
-
-    def holder(self) -> str | None:
-        lease = self.lease()
-        return ((lease or {}).get("spec") or {}).get("holderIdentity")
-
-    def region(self, name: str) -> dict[str, Any]:
-        found = get(self.kube, "mreg", name, self.namespace)
-        assert found is not None
-        return found
-
-    def kubeconfig_for(self, name: str, via_proxy: bool = False) -> Path:
-        """A kubeconfig with a token of the region's own ServiceAccount."""
-        token = self.kube.kubectl(
-            "create", "token", f"memoria-{name}", "-n", self.namespace, "--duration=2h"
-        ).stdout.strip()
-        doc = yaml.safe_load(self.kube.kubeconfig.read_text())
-        doc["users"][0]["user"] = {"token": token}
-        if via_proxy:
-            proxy = self.proxies.get(name)
-            if proxy is None:
-                port = int(doc["clusters"][0]["cluster"]["server"].rsplit(":", 1)[1])
-                proxy = self.proxies[name] = TcpProxy(port)
-            doc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
-        path = self.workdir / f"{name}.kubeconfig"
-        path.write_text(yaml.safe_dump(doc))
-        return path
-
-    def process_env(self, name: str, via_proxy: bool = False) -> dict[str, str]:
-        """The env the operator rendered into the region's Deployment, adapted to run here."""
-        dep = eventually(
-            lambda: get(self.kube, "deployment", f"memoria-{name}", self.namespace),
-            what=f"deployment of {name}",
-        )
-        env = {k: v for k, v in env_of(dep).items() if isinstance(v, str)}
-        store = self.workdir / name / "memoria.db"
-        env.update(
-            {
-                "MEMORIA_SYNC__CONNECTION_URL": self.redis.url,
-                "MEMORIA_LEADERSHIP__KUBECONFIG": str(self.kubeconfig_for(name, via_proxy)),
-                "MEMORIA_DATABASE__CONNECTION_STRING": f"sqlite:///{store}",
-            }
-        )
-        env.pop("MEMORIA_HOST", None)
-        env.pop("MEMORIA_PORT", None)
-        env.update(self.extra_env.get(name, {}))
-        return env
-
-    def start(self, name: str, via_proxy: bool = False) -> MemoriaProcess:
-        (self.workdir / name).mkdir(exist_ok=True)
-        proc = MemoriaProcess(
-            name,
-            self.process_env(name, via_proxy),
-            port=self.ports[name],
-            workdir=self.workdir / name,
-        )
-        proc.start()
-        self.processes[name] = proc
-        return proc
-
-    def bring_up(self, start_processes: bool = True) -> None:
-        """With an operator running: wait for the Deployments, play kubelet (status), and run
-        each region's process."""
-        for name in self.ports:
-            eventually(
-                lambda n=name: get(self.kube, "deployment", f"memoria-{n}", self.namespace),
-                what=f"deployment of {name}",
-            )
-            mark_available(self.kube, self.namespace, f"memoria-{name}")
-        if start_processes:
-            for name in self.ports:
-                self.start(name)
-
-    def leading(self, name: str) -> bool | None:
-        proc = self.processes.get(name)
-        if proc is None or not proc.running:
-            return None
-        health = proc.health()
-        return (health.get("scheduler") or {}).get("leading")
-
-    def wait_leader(self, name: str, timeout: float = 20) -> None:
-        key = f"{self.namespace}/{name}"
-        eventually(lambda: self.holder() == key, timeout, f"{key} to hold the Lease")
-        eventually(lambda: self.leading(name) is True, timeout, f"{name}'s scheduler to lead")
-
-    def events(self, name: str) -> list[str]:
-        out = self.kube.kubectl(
-            "get",
-            "events",
-            "-n",
-            self.namespace,
-            "-o",
-            "json",
-            f"--field-selector=involvedObject.name={name}",
-        ).stdout
-        return [e["reason"] for e in json.loads(out)["items"]]
-
-
-class LeadershipSampler:
-    """Polls every process's /healthz in a thread, recording who says it leads."""
-
-    def __init__(self, bed: RegionBed, names: tuple[str, ...], interval: float = 0.02) -> None:
-        self.bed, self.names, self.interval = bed, names, interval
-        self.samples: list[tuple[float, dict[str, bool | None]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.monotonic(), {n: self.bed.leading(n) for n in self.names}))
-            time.sleep(self.interval)
-
-    def __enter__(self) -> LeadershipSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def both_leading(self) -> list[float]:
-        return [t for t, s in self.samples if sum(1 for v in s.values() if v) > 1]
-
-
-def leadership_log(proc: MemoriaProcess) -> list[tuple[str, bool]]:
-    """(timestamp, leads?) lines the runtime logged, in order."""
-    out = []
-    for line in proc.log_path.read_text().splitlines():
-        m = re.match(
-            r"(\S+ \S+) INFO memoria.scheduler: leadership: this region (leads|does not)", line
-        )
-        if m:
-            out.append((m.group(1), m.group(2) == "leads"))
-    return out
+from memoria_operator.testenv.regions import (  # noqa: F401 - re-exported for the tests
+    LEASE,
+    LeadershipSampler,
+    RegionBed,
+    leadership_log,
+    region_manifest,
+)
+from memoria_operator.testenv.regions import region_bed as _region_bed
+from tests.e2e.operator_harness import running_operator
 
 
 @contextmanager
 def region_bed(
-    kube: KubeTarget,
-    namespace: str,
-    tmp: Path,
-    *,
-    bound: int = 3,
-    start_processes: bool = True,
-    operator: bool = True,
+    kube: KubeTarget, namespace: str, tmp: Path, *, operator: bool = True, **kwargs: Any
 ) -> Iterator[RegionBed]:
-    redis = RedisServer()
-    redis.start()
-    ports = {"region-a": free_port(), "region-b": free_port()}
-    bed = RegionBed(kube, namespace, redis, ports, tmp)
-    kube.apply(region_manifest("region-a", "leader", ports["region-a"], 200, bound), namespace)
-    kube.apply(region_manifest("region-b", "standby", ports["region-b"], 100, bound), namespace)
-    with ExitStack() as stack:
-        stack.callback(redis.destroy)
-        stack.callback(lambda: [p.close() for p in bed.proxies.values()])
-        stack.callback(lambda: [p.stop() for p in bed.processes.values()])
-        if operator:
-            stack.enter_context(running_operator(kube))
-            bed.bring_up(start_processes)
+    factory = (lambda: running_operator(kube)) if operator else None
+    with _region_bed(kube, namespace, tmp, operator=factory, **kwargs) as bed:
         yield bed

@@ -1,0 +1,104 @@
+"""Small helpers for driving a Kubernetes API in tests and the demo: waiting, reading objects,
+and playing the kubelet's part (Deployment status) where no kubelet runs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .kube import KubeTarget
+
+
+def eventually(
+    check: Callable[[], Any], timeout: float = 20.0, what: str = "condition", interval: float = 0.1
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except AssertionError as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def get(kube: KubeTarget, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    proc = kube.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def condition(region: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for cond in ((region or {}).get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return dict(cond)
+    return None
+
+
+def mark_available(
+    kube: KubeTarget, namespace: str, deployment: str, available: bool = True, replicas: int = 1
+) -> None:
+    """Write a Deployment's status as a kubelet + deployment controller would."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    status = {
+        "observedGeneration": 1,
+        "replicas": replicas,
+        "readyReplicas": replicas if available else 0,
+        "availableReplicas": replicas if available else 0,
+        "updatedReplicas": replicas,
+        "conditions": [
+            {
+                "type": "Available",
+                "status": "True" if available else "False",
+                "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+                "message": "written by memoria testenv (no kubelet here)",
+                "lastUpdateTime": now,
+                "lastTransitionTime": now,
+            }
+        ],
+    }
+    kube.kubectl(
+        "patch",
+        "deployment",
+        deployment,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
+
+
+def secret(kube: KubeTarget, namespace: str, name: str, **data: str) -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+    kube.apply(body, namespace)
+
+
+def events_for(kube: KubeTarget, namespace: str, name: str) -> list[dict[str, Any]]:
+    out = kube.kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "-o",
+        "json",
+        f"--field-selector=involvedObject.name={name}",
+    ).stdout
+    items: list[dict[str, Any]] = json.loads(out)["items"]
+    return items

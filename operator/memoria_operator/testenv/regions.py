@@ -1,0 +1,307 @@
+"""Two regions on a Kubernetes API, with real ``memoria serve`` processes as their workloads.
+
+No kubelet runs on the local control plane, so this plays its part: it writes the Deployments'
+status, and runs each region's pod as a local ``memoria serve`` process with the environment
+the operator rendered into the Deployment, authenticated by a token of the region's own
+ServiceAccount (so the per-region Role is exercised for real); ``spec.failover.healthUrl``
+points at the process. The brokers are real: a Redis primary with a ``replicaof`` Redis for
+region B (the guide's topology), or one PostgreSQL database with a journal table.
+
+Used by the e2e tests, the benchmarks and the demo.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .cluster import env_of, eventually, get, mark_available
+from .datastores import PostgresServer, RedisServer
+from .kube import KubeTarget
+from .processes import free_port
+from .proxy import TcpProxy
+from .serve import MemoriaProcess
+
+LEASE = "memoria-scheduler-default"
+PG_TABLE = "infra.memoria_sync_events"
+NAMES = ("region-a", "region-b")
+
+
+def region_manifest(
+    name: str,
+    role: str,
+    port: int,
+    priority: int,
+    bound: int = 3,
+    *,
+    backend: str = "redis",
+    **extra: Any,
+) -> dict[str, Any]:
+    sync: dict[str, Any] = {"backend": backend}
+    if backend == "postgres":
+        sync.update(
+            connectionUrl="postgresql://placeholder/memoria", table=PG_TABLE, channel="memoria_sync"
+        )
+    else:
+        sync["connectionUrl"] = "redis://placeholder:6379/0"
+    spec: dict[str, Any] = {
+        "region": name,
+        "role": role,
+        "priority": priority,
+        "sync": sync,
+        "failover": {
+            "healthUrl": f"http://127.0.0.1:{port}/healthz",
+            "unhealthyAfterSeconds": bound,
+        },
+    }
+    spec.update(extra)
+    return {
+        "apiVersion": "memoria.arcafutura.io/v1alpha1",
+        "kind": "MemoriaRegion",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+@dataclass
+class Brokers:
+    """The sync backend both regions use, and where each region connects."""
+
+    backend: str
+    urls: dict[str, str]
+    redis: dict[str, RedisServer] = field(default_factory=dict)
+    postgres: PostgresServer | None = None
+
+    @classmethod
+    def start(cls, backend: str) -> Brokers:
+        if backend == "postgres":
+            server = PostgresServer()
+            server.start()
+            url = server.create_database("sync")
+            return cls("postgres", dict.fromkeys(NAMES, url), postgres=server)
+        primary = RedisServer()
+        primary.start()
+        replica = RedisServer(replica_of=primary)
+        replica.start()
+        return cls(
+            "redis",
+            {"region-a": primary.url, "region-b": replica.url},
+            redis={"region-a": primary, "region-b": replica},
+        )
+
+    def restart(self) -> None:
+        """Restart every broker (same ports, same data): listeners must reconnect."""
+        if self.postgres is not None:
+            self.postgres.restart()
+        for server in self.redis.values():
+            server.restart()
+
+    def destroy(self) -> None:
+        if self.postgres is not None:
+            self.postgres.destroy()
+        for server in reversed(list(self.redis.values())):
+            server.destroy()
+
+
+@dataclass
+class RegionBed:
+    kube: KubeTarget
+    namespace: str
+    brokers: Brokers
+    ports: dict[str, int]
+    workdir: Path
+    processes: dict[str, MemoriaProcess] = field(default_factory=dict)
+    proxies: dict[str, TcpProxy] = field(default_factory=dict)
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def lease(self) -> dict[str, Any] | None:
+        return get(self.kube, "lease", LEASE, self.namespace)
+
+    def holder(self) -> str | None:
+        lease = self.lease()
+        holder: str | None = ((lease or {}).get("spec") or {}).get("holderIdentity")
+        return holder
+
+    def region(self, name: str) -> dict[str, Any]:
+        found = get(self.kube, "mreg", name, self.namespace)
+        assert found is not None, f"MemoriaRegion {name} not found"
+        return found
+
+    def kubeconfig_for(self, name: str, via_proxy: bool = False) -> Path:
+        """A kubeconfig with a token of the region's own ServiceAccount."""
+        token = self.kube.kubectl(
+            "create", "token", f"memoria-{name}", "-n", self.namespace, "--duration=2h"
+        ).stdout.strip()
+        doc = yaml.safe_load(self.kube.kubeconfig.read_text())
+        doc["users"][0]["user"] = {"token": token}
+        if via_proxy:
+            proxy = self.proxies.get(name)
+            if proxy is None:
+                port = int(doc["clusters"][0]["cluster"]["server"].rsplit(":", 1)[1])
+                proxy = self.proxies[name] = TcpProxy(port)
+            doc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+        path = self.workdir / f"{name}.kubeconfig"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    def process_env(self, name: str, via_proxy: bool = False) -> dict[str, str]:
+        """The env the operator rendered into the region's Deployment, adapted to run here."""
+        dep = eventually(
+            lambda: get(self.kube, "deployment", f"memoria-{name}", self.namespace),
+            what=f"deployment of {name}",
+        )
+        env = {k: v for k, v in env_of(dep).items() if isinstance(v, str)}
+        store = self.workdir / name / "memoria.db"
+        env.update(
+            {
+                "MEMORIA_SYNC__CONNECTION_URL": self.brokers.urls[name],
+                "MEMORIA_LEADERSHIP__KUBECONFIG": str(self.kubeconfig_for(name, via_proxy)),
+                "MEMORIA_DATABASE__CONNECTION_STRING": f"sqlite:///{store}",
+            }
+        )
+        env.pop("MEMORIA_HOST", None)
+        env.pop("MEMORIA_PORT", None)
+        env.update(self.extra_env.get(name, {}))
+        return env
+
+    def bring_up(self, start_processes: bool = True) -> None:
+        """With an operator running: wait for the Deployments, play kubelet (status), and run
+        each region's process."""
+        for name in self.ports:
+            deployment = f"memoria-{name}"
+            eventually(
+                partial(get, self.kube, "deployment", deployment, self.namespace),
+                what=f"deployment of {name}",
+            )
+            mark_available(self.kube, self.namespace, deployment)
+        if start_processes:
+            for name in self.ports:
+                self.start(name)
+
+    def start(self, name: str, via_proxy: bool = False) -> MemoriaProcess:
+        (self.workdir / name).mkdir(exist_ok=True)
+        proc = MemoriaProcess(
+            name,
+            self.process_env(name, via_proxy),
+            port=self.ports[name],
+            workdir=self.workdir / name,
+        )
+        proc.start()
+        self.processes[name] = proc
+        return proc
+
+    def leading(self, name: str) -> bool | None:
+        proc = self.processes.get(name)
+        if proc is None or not proc.running:
+            return None
+        health = proc.health()
+        leading: bool | None = (health.get("scheduler") or {}).get("leading")
+        return leading
+
+    def wait_leader(self, name: str, timeout: float = 20) -> None:
+        key = f"{self.namespace}/{name}"
+        eventually(lambda: self.holder() == key, timeout, f"{key} to hold the Lease")
+        eventually(lambda: self.leading(name) is True, timeout, f"{name}'s scheduler to lead")
+
+    def events(self, name: str) -> list[str]:
+        import json
+
+        out = self.kube.kubectl(
+            "get",
+            "events",
+            "-n",
+            self.namespace,
+            "-o",
+            "json",
+            f"--field-selector=involvedObject.name={name}",
+        ).stdout
+        return [e["reason"] for e in json.loads(out)["items"]]
+
+
+class LeadershipSampler:
+    """Polls every process's /healthz in a thread, recording who says it leads."""
+
+    def __init__(self, bed: RegionBed, names: tuple[str, ...], interval: float = 0.02) -> None:
+        self.bed, self.names, self.interval = bed, names, interval
+        self.samples: list[tuple[float, dict[str, bool | None]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), {n: self.bed.leading(n) for n in self.names}))
+            time.sleep(self.interval)
+
+    def __enter__(self) -> LeadershipSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def both_leading(self) -> list[float]:
+        return [t for t, s in self.samples if sum(1 for v in s.values() if v) > 1]
+
+
+def leadership_log(proc: MemoriaProcess) -> list[tuple[str, bool]]:
+    """(timestamp, leads?) lines the runtime logged, in order."""
+    out = []
+    for line in proc.log_path.read_text().splitlines():
+        m = re.match(
+            r"(\S+ \S+) INFO memoria.scheduler: leadership: this region (leads|does not)", line
+        )
+        if m:
+            out.append((m.group(1), m.group(2) == "leads"))
+    return out
+
+
+def _each(items: dict[str, Any], action: Callable[[Any], None]) -> None:
+    for item in list(items.values()):
+        action(item)
+
+
+@contextmanager
+def region_bed(
+    kube: KubeTarget,
+    namespace: str,
+    tmp: Path,
+    *,
+    bound: int = 3,
+    start_processes: bool = True,
+    operator: Callable[[], AbstractContextManager[Any]] | None = None,
+    backend: str = "redis",
+    privacy: dict[str, dict[str, int]] | None = None,
+) -> Iterator[RegionBed]:
+    """Regions region-a (leader, priority 200) and region-b (standby, priority 100).
+
+    ``operator``: a factory of a context that runs the operator for the whole bed; without it
+    the caller runs one and calls :meth:`RegionBed.bring_up` itself.
+    """
+    brokers = Brokers.start(backend)
+    ports = {name: free_port() for name in NAMES}
+    bed = RegionBed(kube, namespace, brokers, ports, tmp)
+    roles = {"region-a": ("leader", 200), "region-b": ("standby", 100)}
+    for name, (role, priority) in roles.items():
+        extra = {"privacy": privacy[name]} if privacy and name in privacy else {}
+        kube.apply(
+            region_manifest(name, role, ports[name], priority, bound, backend=backend, **extra),
+            namespace,
+        )
+    with ExitStack() as stack:
+        stack.callback(brokers.destroy)
+        stack.callback(_each, bed.proxies, TcpProxy.close)
+        stack.callback(_each, bed.processes, MemoriaProcess.stop)
+        if operator is not None:
+            stack.enter_context(operator())
+            bed.bring_up(start_processes)
+        yield bed
