@@ -1,74 +1,234 @@
-"""The main job: a local multi-region walk-through on real parts.
+"""The main job: two Memoria regions on a local Kubernetes control plane, walked through.
 
-Run by ``bash hack/demo.sh``. Today it brings up the local control plane, installs the
-MemoriaRegion CRD and the two sample regions, and shows ``kubectl get mreg``; everything it
-started is stopped on exit or Ctrl-C.
+Run by ``bash hack/demo.sh``. It starts, as real processes on loopback: etcd, kube-apiserver and
+kube-controller-manager (built from the Go module proxy on first use, then cached), the
+operator (``memoria-operator run``), a Redis primary with a ``replicaof`` Redis for region B
+(the guide's topology), and each region's ``memoria serve`` (playing the pods, since no kubelet
+runs here). Then it shows a write replicating, a private memory staying home, the daily
+decrement running once, a switchover and a failover, and stops everything it started, also on
+Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
+import os
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
-from .testenv import LocalControlPlane, ensure_binaries
+from .testenv import LocalControlPlane, ManagedProcess, ensure_binaries
+from .testenv.cluster import eventually
 from .testenv.kube import KubeTarget
+from .testenv.regions import LEASE, RegionBed, region_bed
 
 REPO = Path(__file__).resolve().parents[2]
+NAMESPACE = "memoria-demo"
+BOUND = 3  # seconds a leader may be unhealthy before failover
+OPERATOR_ENV = {
+    "MEMORIA_OPERATOR_LEASE_DURATION_SECONDS": "3",
+    "MEMORIA_OPERATOR_RENEW_INTERVAL_SECONDS": "1",
+    "MEMORIA_OPERATOR_RETRY_INTERVAL_SECONDS": "0.25",
+    "MEMORIA_OPERATOR_HEALTH_PROBE_TIMEOUT_SECONDS": "0.5",
+    "MEMORIA_OPERATOR_RESYNC_SECONDS": "10",
+    "MEMORIA_OPERATOR_METRICS_PORT": "0",
+    "MEMORIA_OPERATOR_DEFAULT_IMAGE": "ghcr.io/arcafutura/memoria:0.1.0",
+}
 
 
 class Timeline:
-    """Prints numbered steps with the seconds elapsed since the demo started."""
+    """Numbered steps with the seconds since the demo started."""
 
     def __init__(self) -> None:
         self.start = time.monotonic()
+        self.n = 0
 
     def step(self, text: str) -> None:
-        print(f"[{time.monotonic() - self.start:6.1f}s] {text}", flush=True)
+        self.n += 1
+        print(f"\n[{time.monotonic() - self.start:6.1f}s] {self.n:2d}. {text}", flush=True)
 
-    def show(self, text: str) -> None:
+    def note(self, text: str) -> None:
         for line in text.rstrip().splitlines():
-            print(f"          | {line}", flush=True)
+            print(f"           {line}", flush=True)
+
+    def timed(self, what: str, check: Callable[[], Any], timeout: float = 30) -> float:
+        started = time.monotonic()
+        eventually(check, timeout, what, interval=0.05)
+        took = time.monotonic() - started
+        self.note(f"-> {what}: {took:.2f}s")
+        return took
+
+
+@contextmanager
+def operator_process(plane: LocalControlPlane) -> Iterator[ManagedProcess]:
+    env = {
+        **os.environ,
+        **OPERATOR_ENV,
+        "KUBECONFIG": str(plane.kubeconfig),
+        "MEMORIA_OPERATOR_ELECTION_NAMESPACE": NAMESPACE,
+    }
+    proc = ManagedProcess(
+        "memoria-operator",
+        [sys.executable, "-m", "memoria_operator", "run", "-n", NAMESPACE],
+        plane.workdir / "operator.log",
+        env=env,
+    )
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def show_regions(t: Timeline, kube: KubeTarget) -> None:
+    t.note("$ kubectl get mreg -n memoria-demo -o wide")
+    t.note(kube.kubectl("get", "mreg", "-n", NAMESPACE, "-o", "wide").stdout)
+
+
+def holder(bed: RegionBed) -> str:
+    return str(((bed.lease() or {}).get("spec") or {}).get("holderIdentity") or "nobody")
+
+
+def x_of(proc: Any, memory_id: str) -> float:
+    status, body = proc.request("GET", f"/memories/{memory_id}")
+    return float(body["x_coord"]) if status == 200 else float("nan")
+
+
+def walk_through(t: Timeline, kube: KubeTarget, bed: RegionBed) -> None:
+    a, b = bed.processes["region-a"], bed.processes["region-b"]
+    t.step("Both regions are up; region-a leads (spec.role: leader), region-b stands by")
+    bed.wait_leader("region-a")
+    show_regions(t, kube)
+    t.note(
+        f"Lease {LEASE}: holder {holder(bed)}, fencing token "
+        f"{((bed.lease() or {}).get('spec') or {}).get('leaseTransitions')}"
+    )
+
+    t.step("A write in region-a reaches region-b (through Redis, region-b reads a replica)")
+    mid = a.write("The harbour opens at six.", y=3)
+    t.note(f"POST region-a /memories y_coord=3 -> id {mid}")
+    t.timed("visible in region-b", lambda: b.request("GET", f"/memories/{mid}")[0] == 200)
+
+    t.step("Privacy: a memory at y_coord=-12 stays in region-a (privacy floor 0)")
+    private = a.write("My diagnosis.", y=-12)
+    high = a.write("Above region-b's ceiling of 10.", y=12)
+    marker = a.write("A later, shareable memory.", y=4)
+    t.timed(
+        "the later memory reached region-b",
+        lambda: b.request("GET", f"/memories/{marker}")[0] == 200,
+    )
+    t.note(
+        f"region-b has the y=-12 memory: {b.request('GET', f'/memories/{private}')[0] == 200}"
+        f"; the y=12 one: {b.request('GET', f'/memories/{high}')[0] == 200}"
+    )
+
+    t.step("The daily decrement runs in the leader only, and reaches the standby as an event")
+    day = (dt.date.today() + dt.timedelta(days=400)).isoformat()
+    refused = b.request("POST", "/admin/decrement", {"date": day})
+    t.note(f"region-b POST /admin/decrement -> {refused[0]}: {refused[1]['detail']}")
+    before = x_of(a, mid)
+    done = a.request("POST", "/admin/decrement", {"date": day})[1]
+    t.note(f"region-a POST /admin/decrement {day} -> ran={done['ran']} ({done['rows']} memories)")
+    t.timed("region-b applied it", lambda: x_of(b, mid) == before - 1)
+    again = a.request("POST", "/admin/decrement", {"date": day})[1]
+    t.note(f"the same date again -> ran={again['ran']} ({again['reason']}): fenced, once per date")
+    t.note(f"x_coord of {mid[:8]}: region-a {x_of(a, mid)}, region-b {x_of(b, mid)}")
+
+    t.step("Switchover: kubectl annotate mreg region-b memoria.arcafutura.io/promote=...")
+    kube.kubectl(
+        "annotate",
+        "mreg",
+        "region-b",
+        "-n",
+        NAMESPACE,
+        "--overwrite",
+        f"memoria.arcafutura.io/promote={int(time.time())}",
+    )
+    t.timed("region-b's scheduler leads", lambda: bed.leading("region-b") is True)
+    t.note(f"region-a leads: {bed.leading('region-a')}; Lease holder: {holder(bed)}")
+    show_regions(t, kube)
+
+    t.step(f"Failover: region-b's process is killed; the operator waits {BOUND}s, then moves")
+    b.kill()
+    t.timed(
+        "region-a's scheduler leads again",
+        lambda: bed.leading("region-a") is True,
+        timeout=BOUND + 20,
+    )
+    reason = bed.region("region-a")["status"]["leadership"].get("lastTransitionReason")
+    t.note(f"Lease holder: {holder(bed)} (reason: {reason})")
+    show_regions(t, kube)
+    events = json.loads(kube.kubectl("get", "events", "-n", NAMESPACE, "-o", "json").stdout)
+    lines = sorted(
+        (e.get("lastTimestamp") or "", e["involvedObject"]["name"], e["reason"], e["message"])
+        for e in events["items"]
+        if e["reason"].startswith(("Leadership", "Switchover"))
+    )
+    t.note("Events:")
+    for _, obj, reason, message in lines[-6:]:
+        t.note(f"  {obj:9s} {reason:19s} {message[:80]}")
 
 
 def run(keep: bool) -> int:
-    timeline = Timeline()
-    timeline.step("building or reusing etcd, kube-apiserver, kubectl (cached in ~/.cache)")
+    t = Timeline()
+    t.step(
+        "Building or reusing etcd, kube-apiserver, kube-controller-manager, kubectl "
+        "(~/.cache/memoria-operator; the first build takes several minutes)"
+    )
     binaries = ensure_binaries(("etcd", "kubernetes"))
-    timeline.step("starting the local control plane (etcd + kube-apiserver, RBAC on)")
-    plane = LocalControlPlane(binaries)
-    try:
-        plane.start()
-        kube = KubeTarget(plane.kubeconfig, binaries.kubectl, "local", plane)
-        timeline.step(f"kube-apiserver ready at {plane.server}")
-        kube.kubectl("apply", "-f", str(REPO / "crds" / "memoriaregion.yaml"))
-        kube.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/memoriaregions.memoria.arcafutura.io",
-        )
-        timeline.step("CRD memoriaregions.memoria.arcafutura.io established")
-        for sample in ("region-a.yaml", "region-b.yaml"):
-            kube.kubectl("apply", "-n", "default", "-f", str(REPO / "crds" / "samples" / sample))
-        timeline.step("applied crds/samples/region-a.yaml and region-b.yaml")
-        timeline.step("kubectl get mreg -o wide")
-        timeline.show(kube.kubectl("get", "mreg", "-n", "default", "-o", "wide").stdout)
-        if keep:
-            timeline.step(f"keeping it up; export KUBECONFIG={plane.kubeconfig}; Ctrl-C stops")
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        timeline.step("interrupted")
-    finally:
-        plane.stop()
-        timeline.step("stopped every process and removed the temporary files")
+    with ExitStack() as stack:
+        try:
+            t.step("Starting the local control plane (RBAC on, loopback only)")
+            plane = LocalControlPlane(binaries)
+            stack.callback(plane.stop)
+            plane.start()
+            kube = KubeTarget(plane.kubeconfig, binaries.kubectl, "local", plane)
+            t.note(f"kube-apiserver {plane.server}; KUBECONFIG={plane.kubeconfig}")
+            kube.kubectl("apply", "-f", str(REPO / "crds" / "memoriaregion.yaml"))
+            kube.kubectl(
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/memoriaregions.memoria.arcafutura.io",
+            )
+            kube.kubectl("create", "namespace", NAMESPACE)
+            t.step("Starting the operator, Redis (primary + replica) and two MemoriaRegions")
+            stack.enter_context(operator_process(plane))
+            tmp = Path(tempfile.mkdtemp(prefix="memoria-demo-"))
+            stack.callback(shutil.rmtree, tmp, True)
+            privacy = {
+                "region-a": {"floor": 0, "ceiling": 15},
+                "region-b": {"floor": 0, "ceiling": 10},
+            }
+            bed = stack.enter_context(
+                region_bed(kube, NAMESPACE, tmp, bound=BOUND, privacy=privacy)
+            )
+            bed.bring_up()
+            walk_through(t, kube, bed)
+            if keep:
+                t.step(f"Keeping everything up; export KUBECONFIG={plane.kubeconfig}; Ctrl-C stops")
+                while True:
+                    time.sleep(3600)
+        except KeyboardInterrupt:
+            t.step("Interrupted")
+        t.step("Stopping every process and removing the temporary files")
+    print(f"\nDone in {time.monotonic() - t.start:.0f}s.", flush=True)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m memoria_operator.demo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m memoria_operator.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--keep", action="store_true", help="keep running until Ctrl-C")
     args = parser.parse_args(argv)
     return run(args.keep)
