@@ -63,6 +63,14 @@ class RuntimeMetrics:
             registry=r,
         )
 
+    def track_last_decrement(self, timestamp: Callable[[], float]) -> None:
+        Gauge(
+            "memoria_last_decrement_timestamp_seconds",
+            "When this region's store last recorded a decrement (its own or a peer's), "
+            "Unix time; 0 if never",
+            registry=self.registry,
+        ).set_function(timestamp)
+
     def track_outbox(self, depth: Callable[[], float]) -> None:
         self._outbox.set_function(depth)
 

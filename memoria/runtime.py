@@ -32,6 +32,13 @@ class Runtime:
             self.metrics.leader.set(1)
         self._settings_lock = threading.Lock()
         self.started = False
+        self.metrics.track_last_decrement(self._last_decrement_timestamp)
+
+    def _last_decrement_timestamp(self) -> float:
+        import datetime as dt
+
+        raw = self.store.metadata().get("last_decrement_at") or ""
+        return dt.datetime.fromisoformat(raw).timestamp() if raw else 0.0
 
     def start(self) -> None:
         log.info(

@@ -52,7 +52,7 @@ async def configure(
     memo.config = config
     memo.kube = kube
     memo.metrics = OperatorMetrics()
-    memo.reconciler = Reconciler(kube, config.default_image)
+    memo.reconciler = Reconciler(kube, config.default_image, memo.metrics)
     memo.leadership = LeadershipManager(kube, config, memo.metrics)
     memo.leadership_task = asyncio.create_task(memo.leadership.run(), name="leadership")
     if config.metrics_port:

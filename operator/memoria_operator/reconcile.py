@@ -23,6 +23,7 @@ from typing import Any
 
 from . import conditions as c
 from .kube import Kube, path_for
+from .metrics import OperatorMetrics
 from .model import Region, config_problems
 from .render import render_all, secret_refs
 
@@ -91,15 +92,26 @@ def _deployment_availability(
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, default_image: str) -> None:
+    def __init__(
+        self, kube: Kube, default_image: str, metrics: OperatorMetrics | None = None
+    ) -> None:
         self.kube = kube
         self.default_image = default_image
+        self.metrics = metrics
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
 
     def reconcile(self, body: dict[str, Any]) -> ReconcileResult:
         region = Region.from_body(body)
         with self._locks[region.key]:  # one reconcile per region at a time, whatever woke it
-            return self._reconcile(region, body)
+            try:
+                result = self._reconcile(region, body)
+            except Exception:
+                if self.metrics:
+                    self.metrics.reconciles.labels("error").inc()
+                raise
+        if self.metrics:
+            self.metrics.reconciles.labels("ready" if result.ready else "not_ready").inc()
+        return result
 
     def _reconcile(self, region: Region, body: dict[str, Any]) -> ReconcileResult:
         gen = region.generation
