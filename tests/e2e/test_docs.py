@@ -36,8 +36,8 @@ DOC_ORDER = [
 def commands(path: Path) -> list[str]:
     found = []
     for block in re.findall(r"```bash\n(.*?)```", path.read_text(), re.S):
-        for line in block.splitlines():
-            line = line.strip()
+        for raw in block.splitlines():
+            line = raw.strip()
             if line.startswith(("kubectl ", "helm ")):
                 found.append(line)
     return found
