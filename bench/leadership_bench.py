@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
 from memoria_operator.testenv import LocalControlPlane, ManagedProcess, ensure_binaries  # noqa: E402
+from memoria_operator.testenv.cluster import install_crd  # noqa: E402
 from memoria_operator.testenv.kube import KubeTarget  # noqa: E402
 from memoria_operator.testenv.regions import region_bed  # noqa: E402
 
@@ -63,13 +64,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="memoria-leaderbench-"))
     operator = None
     try:
-        kube.kubectl("apply", "-f", str(ROOT / "crds" / "memoriaregion.yaml"))
-        kube.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/memoriaregions.memoria.arcafutura.io",
-        )
+        install_crd(kube, ROOT / "crds" / "memoriaregion.yaml")
         ns = kube.create_namespace("bench")
         env = {**os.environ, **TIMINGS, "KUBECONFIG": str(plane.kubeconfig)}
         operator = ManagedProcess(

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
 from memoria_operator.testenv import LocalControlPlane, ManagedProcess, ensure_binaries  # noqa: E402
+from memoria_operator.testenv.cluster import install_crd  # noqa: E402
 from memoria_operator.testenv.kube import KubeTarget  # noqa: E402
 
 
@@ -90,13 +91,7 @@ def main() -> None:
     kube = KubeTarget(plane.kubeconfig, binaries.kubectl, "local", plane)
     operator = None
     try:
-        kube.kubectl("apply", "-f", str(ROOT / "crds" / "memoriaregion.yaml"))
-        kube.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/memoriaregions.memoria.arcafutura.io",
-        )
+        install_crd(kube, ROOT / "crds" / "memoriaregion.yaml")
         env = {
             **os.environ,
             "KUBECONFIG": str(plane.kubeconfig),

@@ -24,6 +24,7 @@ from memoria_operator.testenv import (
     RedisServer,
     ensure_binaries,
 )
+from memoria_operator.testenv.cluster import install_crd
 from memoria_operator.testenv.kube import KubeTarget, kubectl_binary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,13 +58,7 @@ def kube(request: pytest.FixtureRequest, binaries: Binaries) -> Iterator[KubeTar
 
 @pytest.fixture(scope="session")
 def crd_installed(kube: KubeTarget) -> KubeTarget:
-    kube.kubectl("apply", "-f", str(CRD))
-    kube.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/memoriaregions.memoria.arcafutura.io",
-    )
+    install_crd(kube, CRD)
     return kube
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .testenv import LocalControlPlane, ManagedProcess, ensure_binaries
-from .testenv.cluster import eventually
+from .testenv.cluster import eventually, install_crd
 from .testenv.kube import KubeTarget
 from .testenv.regions import LEASE, RegionBed, region_bed
 
@@ -191,13 +191,7 @@ def run(keep: bool) -> int:
             plane.start()
             kube = KubeTarget(plane.kubeconfig, binaries.kubectl, "local", plane)
             t.note(f"kube-apiserver {plane.server}; KUBECONFIG={plane.kubeconfig}")
-            kube.kubectl("apply", "-f", str(REPO / "crds" / "memoriaregion.yaml"))
-            kube.kubectl(
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/memoriaregions.memoria.arcafutura.io",
-            )
+            install_crd(kube, REPO / "crds" / "memoriaregion.yaml")
             kube.kubectl("create", "namespace", NAMESPACE)
             t.step("Starting the operator, Redis (primary + replica) and two MemoriaRegions")
             stack.enter_context(operator_process(plane))

@@ -117,10 +117,13 @@ class Kube:
         )
         return result
 
-    def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _write(
+        self, method: str, path: str, body: dict[str, Any], content_type: str = "application/json"
+    ) -> dict[str, Any]:
+        """A write that reports a lost optimistic-concurrency race as :class:`Conflict`."""
         try:
             result: dict[str, Any] = self.request(
-                "PATCH", path, body=body, content_type="application/merge-patch+json"
+                method, path, body=body, content_type=content_type
             )
             return result
         except ApiException as exc:
@@ -128,23 +131,14 @@ class Kube:
                 raise Conflict(path) from None
             raise
 
+    def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._write("PATCH", path, body, "application/merge-patch+json")
+
     def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            result: dict[str, Any] = self.request("POST", path, body=body)
-            return result
-        except ApiException as exc:
-            if exc.status == 409:
-                raise Conflict(path) from None
-            raise
+        return self._write("POST", path, body)
 
     def replace(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            result: dict[str, Any] = self.request("PUT", path, body=body)
-            return result
-        except ApiException as exc:
-            if exc.status == 409:
-                raise Conflict(path) from None
-            raise
+        return self._write("PUT", path, body)
 
     def delete(self, path: str) -> None:
         try:

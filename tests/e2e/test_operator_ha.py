@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from memoria_operator.testenv import ManagedProcess
+from memoria_operator.testenv import ManagedProcess, free_port
+from memoria_operator.testenv.cluster import mark_available
 from memoria_operator.testenv.kube import KubeTarget
 from tests.e2e.operator_harness import TEST_ENV, eventually, get
 from tests.e2e.test_crd import region
@@ -34,19 +35,43 @@ def _operator(kube: KubeTarget, namespace: str, tmp: Path, n: int) -> ManagedPro
     return proc
 
 
+def _scrape(port: int, needle: str) -> str | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    return text if needle in text else None
+
+
 def test_two_replicas_one_acts_then_the_other(
     crd_installed: KubeTarget, namespace: str, tmp_path: Path
 ) -> None:
     kube = crd_installed
-    first = _operator(kube, namespace, tmp_path, 1)
+    metrics_port = free_port()
+    first = _operator(kube, namespace, tmp_path, 1, metrics_port)
     eventually(lambda: get(kube, "lease", "memoria-operator", namespace), what="election")
     second = _operator(kube, namespace, tmp_path, 2)
     try:
         eventually(lambda: "standing by" in second.log_path.read_text(), what="standby")
         holder = get(kube, "lease", "memoria-operator", namespace)["spec"]["holderIdentity"]
         assert f"_{first.pid}_" in holder
-        kube.apply(region("one"), namespace)
+        kube.apply(region("one", role="leader"), namespace)
         eventually(lambda: get(kube, "deployment", "memoria-one", namespace), what="deployment")
+        mark_available(kube, namespace, "memoria-one")
+        metrics = eventually(
+            lambda: _scrape(metrics_port, 'region="one"} 1.0'), what="leader metric"
+        )
+        bootstrap = (
+            'memoria_operator_leadership_transitions_total{group="default",'
+            f'namespace="{namespace}",reason="Bootstrap"}} 1.0'
+        )
+        assert bootstrap in metrics
+        assert "memoria_operator_seconds_since_lease_renew" in metrics
+        assert "memoria_operator_failover_duration_seconds_bucket" in metrics
+        assert 'memoria_operator_reconciles_total{result="ready"}' in metrics
         assert "reconcile" not in second.log_path.read_text().lower()
         assert "Created Deployment" not in second.log_path.read_text()
         first.kill()

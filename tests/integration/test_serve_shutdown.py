@@ -71,3 +71,21 @@ def test_sigterm_during_burst_loses_nothing(redis_server: RedisServer, tmp_path:
     b.stop()
     a.stop()
     assert "Application shutdown complete" in a.log_path.read_text()
+
+
+def test_invalid_settings_stop_serve_naming_the_variable(tmp_path: Path) -> None:
+    proc = MemoriaProcess(
+        "bad",
+        {
+            "MEMORIA_SYNC__BACKEND": "kafka",
+            "MEMORIA_SYNC__CONNECTION_URL": "redis://:hunter2@r:6379/0",
+        },
+        workdir=tmp_path,
+    )
+    proc.start(wait=False)
+    assert proc.proc is not None and proc.proc.proc is not None
+    code = proc.proc.proc.wait(30)
+    log = proc.log_path.read_text()
+    assert code == 2
+    assert "MEMORIA_SYNC__BACKEND" in log
+    assert "hunter2" not in log

@@ -7,6 +7,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .kube import KubeTarget
@@ -26,6 +27,17 @@ def eventually(
             last = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def install_crd(kube: KubeTarget, crd: Path) -> None:
+    """Apply the CRD and wait until the API server serves it."""
+    kube.kubectl("apply", "-f", str(crd))
+    kube.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/memoriaregions.memoria.arcafutura.io",
+    )
 
 
 def get(kube: KubeTarget, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
