@@ -18,6 +18,7 @@ published meanwhile. The runtime warns about that at start-up.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -176,8 +177,19 @@ class _PostgresSubscription(Subscription):
 class PostgresSyncBackend(SyncBackend):
     name = "postgres"
 
-    def __init__(self, dsn: str, channel: str = "memoria_sync", table: str | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        channel: str = "memoria_sync",
+        table: str | None = None,
+        *,
+        retention: dt.timedelta = dt.timedelta(days=7),
+    ) -> None:
         self.dsn = dsn
+        # journal rows older than this are deleted (at most hourly, by publishers): a region
+        # away for longer than that cannot catch up from the journal
+        self.retention = retention
+        self._last_prune = 0.0
         self.channel = channel
         self.table = table or None
         parts = tuple(self.table.split(".")) if self.table else ()
@@ -272,6 +284,29 @@ class PostgresSyncBackend(SyncBackend):
             except psycopg.OperationalError as exc:
                 self._drop_connection()
                 raise BrokerUnavailable(f"postgres at {mask_url(self.dsn)}: {exc}") from None
+            self._maybe_prune()
+
+    def _maybe_prune(self) -> None:
+        if not self.table or time.monotonic() - self._last_prune < 3600:
+            return
+        self._last_prune = time.monotonic()
+        try:
+            assert self._conn is not None
+            deleted = self._conn.execute(
+                sql.SQL("DELETE FROM {} WHERE channel = %s AND created_at < now() - %s").format(
+                    self.table_ident
+                ),
+                (self.channel, self.retention),
+            ).rowcount
+            if deleted:
+                log.info(
+                    "postgres journal %s: pruned %d events older than %s",
+                    self.table,
+                    deleted,
+                    self.retention,
+                )
+        except psycopg.Error as exc:
+            log.warning("postgres journal %s: pruning failed: %s", self.table, exc)
 
     @property
     def _publish_sql(self) -> sql.Composed:

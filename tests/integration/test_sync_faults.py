@@ -215,3 +215,28 @@ def test_postgres_payload_over_notify_limit_arrives(
         mid = a.write(big, y=0)
         wait_for(lambda: mid in b.ids(), what="the big memory")
         assert b.store.get_memory(mid).text == big
+
+
+def test_postgres_journal_is_pruned_after_retention(postgres_server: PostgresServer) -> None:
+    import datetime as dt
+
+    from memoria.sync.events import Action, EntityType, SyncEvent
+    from memoria.sync.postgres import PostgresSyncBackend
+
+    url = postgres_server.create_database("prune")
+    backend = PostgresSyncBackend(
+        url, channel="prune", table="infra.prune_journal", retention=dt.timedelta(hours=1)
+    )
+
+    def event(i: int) -> SyncEvent:
+        return SyncEvent(Action.CREATE, EntityType.MEMORY, "n", str(i), {"y_coord": 0}, "r")
+
+    backend.publish_many([event(i) for i in range(5)])  # the first publish prunes (nothing)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE infra.prune_journal SET created_at = now() - interval '2 hours'")
+    backend._last_prune = 0.0  # an hour has "passed"
+    backend.publish_many([event(9)])
+    with psycopg.connect(url) as conn:
+        left = conn.execute("SELECT payload->>'entity_id' FROM infra.prune_journal").fetchall()
+    backend.close()
+    assert left == [("9",)]
