@@ -26,7 +26,11 @@ from .sync.base import Backoff
 log = logging.getLogger("memoria.leadership")
 
 PROMOTE_ANNOTATION = "memoria.arcafutura.io/promote"
+# Each watch lasts this long on the server, and a read that sees no byte for 5 s more is
+# abandoned: a connection that stalls silently (a real partition drops packets, it does not
+# close sockets) is noticed within about 15 s, and the Lease re-read.
 GROUP, VERSION, PLURAL = "memoria.arcafutura.io", "v1alpha1", "memoriaregions"
+_WATCH_WINDOW = 10
 
 
 def load_kube_config(kubeconfig: str | None) -> Any:
@@ -137,7 +141,9 @@ class LeaseWatcher:
             try:
                 api = client.CoordinationV1Api(load_kube_config(self.settings.kubeconfig))
                 selector = f"metadata.name={self.name}"
-                listing = api.list_namespaced_lease(self.namespace, field_selector=selector)
+                listing = api.list_namespaced_lease(
+                    self.namespace, field_selector=selector, _request_timeout=(5, 10)
+                )
                 for lease in listing.items:
                     self._update(lease_view(lease))
                 if not listing.items:
@@ -154,8 +160,8 @@ class LeaseWatcher:
                     resource_version=listing.metadata.resource_version
                     if listing.metadata
                     else None,
-                    timeout_seconds=60,
-                    _request_timeout=90,
+                    timeout_seconds=_WATCH_WINDOW,
+                    _request_timeout=(5, _WATCH_WINDOW + 5),
                 ):
                     if self._stop.is_set():
                         return

@@ -285,4 +285,5 @@ def _split_brain(kube: KubeTarget, bed: RegionBed, namespace: str, store: str) -
     finally:
         check.close()
     bed.proxies["region-a"].heal()
-    eventually(lambda: bed.leading("region-a") is False, 15, "region-a to step down")
+    # a stalled watch is abandoned within ~15 s, then the Lease is read again
+    eventually(lambda: bed.leading("region-a") is False, 30, "region-a to step down")

@@ -18,12 +18,15 @@ from tests.e2e.test_crd import region
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def _operator(kube: KubeTarget, namespace: str, tmp: Path, n: int) -> ManagedProcess:
+def _operator(
+    kube: KubeTarget, namespace: str, tmp: Path, n: int, metrics_port: int = 0
+) -> ManagedProcess:
     env = {
         **os.environ,
         **TEST_ENV,
         "KUBECONFIG": str(kube.kubeconfig),
         "MEMORIA_OPERATOR_ELECTION_NAMESPACE": namespace,
+        "MEMORIA_OPERATOR_METRICS_PORT": str(metrics_port),
     }
     proc = ManagedProcess(
         f"operator-{n}",
@@ -70,7 +73,7 @@ def test_two_replicas_one_acts_then_the_other(
         )
         assert bootstrap in metrics
         assert "memoria_operator_seconds_since_lease_renew" in metrics
-        assert "memoria_operator_failover_duration_seconds_bucket" in metrics
+        assert "# HELP memoria_operator_failover_duration_seconds" in metrics
         assert 'memoria_operator_reconciles_total{result="ready"}' in metrics
         assert "reconcile" not in second.log_path.read_text().lower()
         assert "Created Deployment" not in second.log_path.read_text()

@@ -136,6 +136,16 @@ def test_settings_patch_body_must_be_an_object(client: TestClient) -> None:
 
 def test_switching_backend_live_keeps_the_outbox(client: TestClient, redis_server) -> None:  # type: ignore[no-untyped-def]
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    import time
+
+    # the start-up decrement's event goes out first (in-process bus), so the count below is ours
+    deadline = time.monotonic() + 10
+    while (
+        runtime.scheduler.last_outcome is None or runtime.store.outbox_depth("api-test")
+    ) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert runtime.scheduler.last_outcome is not None
+    assert runtime.store.outbox_depth("api-test") == 0
     assert (
         client.patch(
             "/settings",
