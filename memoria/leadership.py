@@ -10,6 +10,7 @@ fence in the store covers the moments in between.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -131,15 +132,37 @@ class LeaseWatcher:
         while not self._stop.wait(0.1):
             self._report()
 
+    def _follow(self, api: Any, selector: str, resource_version: str | None) -> None:
+        """Apply watch events until the server ends this watch window."""
+        from kubernetes import watch
+
+        self._watch = watch.Watch()  # type: ignore[no-untyped-call]
+        for event in self._watch.stream(
+            api.list_namespaced_lease,
+            self.namespace,
+            field_selector=selector,
+            resource_version=resource_version,
+            timeout_seconds=_WATCH_WINDOW,
+            _request_timeout=(5, _WATCH_WINDOW + 5),
+        ):
+            if self._stop.is_set():
+                return
+            if event["type"] == "DELETED":
+                self._update(LeaseView(None, 0, 0.0))
+            elif event["type"] in ("ADDED", "MODIFIED"):
+                self._update(lease_view(event["object"]))
+
     def _watch_loop(self) -> None:
-        from kubernetes import client, watch
+        from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
         backoff = Backoff(0.2, 5.0)
         outage = False
+        api: Any = None
         while not self._stop.is_set():
             try:
-                api = client.CoordinationV1Api(load_kube_config(self.settings.kubeconfig))
+                if api is None:  # reused across watch windows; rebuilt after any failure
+                    api = client.CoordinationV1Api(load_kube_config(self.settings.kubeconfig))
                 selector = f"metadata.name={self.name}"
                 listing = api.list_namespaced_lease(
                     self.namespace, field_selector=selector, _request_timeout=(5, 10)
@@ -152,25 +175,16 @@ class LeaseWatcher:
                 if outage:
                     log.info("lease watch: reconnected to the API server")
                     outage = False
-                self._watch = watch.Watch()  # type: ignore[no-untyped-call]
-                for event in self._watch.stream(
-                    api.list_namespaced_lease,
-                    self.namespace,
-                    field_selector=selector,
-                    resource_version=listing.metadata.resource_version
-                    if listing.metadata
-                    else None,
-                    timeout_seconds=_WATCH_WINDOW,
-                    _request_timeout=(5, _WATCH_WINDOW + 5),
-                ):
-                    if self._stop.is_set():
-                        return
-                    if event["type"] == "DELETED":
-                        self._update(LeaseView(None, 0, 0.0))
-                    elif event["type"] in ("ADDED", "MODIFIED"):
-                        self._update(lease_view(event["object"]))
+                self._follow(
+                    api, selector, listing.metadata.resource_version if listing.metadata else None
+                )
                 backoff.reset()
             except (ApiException, LeadershipError, OSError, Exception) as exc:
+                if api is not None:
+                    # fresh credentials and connections next time (rotated tokens, dead pools)
+                    with contextlib.suppress(Exception):
+                        api.api_client.close()
+                    api = None
                 self.connected = False
                 self.last_error = str(exc).splitlines()[0][:300]
                 if self._stop.is_set():
