@@ -546,13 +546,17 @@ class MemoryStore:
             OutboxRow(int(r[0]), r[1], r[2], None if r[3] is None else float(r[3])) for r in rows
         ]
 
-    def outbox_remove(self, seqs: Sequence[int]) -> None:
+    def outbox_remove(self, origin: str, seqs: Sequence[int]) -> None:
+        """Delete exactly the rows that were published. Not a seq range: on PostgreSQL a row
+        with a lower seq may commit after a higher one was read, and another region sharing
+        the store interleaves rows of its own; either would be deleted unpublished."""
         if not seqs:
             return
+        marks = ", ".join("?" * len(seqs))
         with self.db.transaction(write=True) as tx:
-            # the batch is a contiguous prefix of this origin's queue
             tx.execute(
-                "DELETE FROM sync_outbox WHERE seq >= ? AND seq <= ?", (min(seqs), max(seqs))
+                f"DELETE FROM sync_outbox WHERE origin = ? AND seq IN ({marks})",
+                (origin, *seqs),
             )
 
     def outbox_depth(self, origin: str) -> int:

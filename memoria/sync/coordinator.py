@@ -264,7 +264,7 @@ class SyncCoordinator:
             if backend is None:
                 return False  # sync switched off meanwhile: keep the queue
             backend.publish_encoded(events)
-        self.store.outbox_remove([r.seq for r in batch])
+        self.store.outbox_remove(self.region, [r.seq for r in batch])
         self.metrics.published.inc(len(events))
         return True
 
