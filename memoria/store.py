@@ -15,7 +15,9 @@ Table names are constants, never user input.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import sqlite3
@@ -59,6 +61,9 @@ class Memory:
     updated_at: str
     version: int
     origin: str
+    # the last decrement date that x_coord already reflects; lets a peer whose store has seen
+    # more (or fewer) decrements adjust x_coord instead of undoing or repeating one
+    x_as_of: str = ""
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -72,6 +77,7 @@ class Memory:
             "updated_at": self.updated_at,
             "version": self.version,
             "origin": self.origin,
+            "x_as_of": self.x_as_of,
         }
 
 
@@ -288,8 +294,10 @@ def open_database(url: str) -> _Database:
 
 
 _MEMORY_COLUMNS = (
-    "id, namespace, text, x_coord, y_coord, z_coord, created_at, updated_at, version, origin"
+    "id, namespace, text, x_coord, y_coord, z_coord, created_at, updated_at, version, origin, "
+    "x_as_of"
 )
+_MEMORY_MARKS = ", ".join("?" * 11)
 
 
 def _memory(row: Sequence[Any]) -> Memory:
@@ -304,10 +312,14 @@ def _memory(row: Sequence[Any]) -> Memory:
         updated_at=row[7],
         version=int(row[8]),
         origin=row[9],
+        x_as_of=row[10],
     )
 
 
 EventFactory = Callable[[Memory], SyncEvent | None]
+
+#: x_as_of of a peer's memory whose event did not carry one
+UNKNOWN_AS_OF = "?"
 
 
 class MemoryStore:
@@ -333,7 +345,10 @@ class MemoryStore:
                 updated_at TEXT NOT NULL,
                 version BIGINT NOT NULL DEFAULT 1,
                 origin TEXT NOT NULL,
+                x_as_of TEXT NOT NULL DEFAULT '',
                 deleted BOOLEAN NOT NULL DEFAULT FALSE)""",
+            """CREATE TABLE IF NOT EXISTS decrement_log (
+                date TEXT PRIMARY KEY, ran_by TEXT NOT NULL, ran_at TEXT NOT NULL)""",
             "CREATE INDEX IF NOT EXISTS memories_by_namespace ON memories (namespace, created_at)",
             """CREATE TABLE IF NOT EXISTS service_metadata (
                 key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
@@ -422,9 +437,22 @@ class MemoryStore:
             origin=origin,
         )
         with self.db.transaction(write=True) as tx:
+            memory = dataclasses.replace(memory, x_as_of=self._last_date(tx))
             tx.execute(
-                f"INSERT INTO memories ({_MEMORY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (memory.id, namespace, text, x_coord, y_coord, z_coord, now, now, 1, origin),
+                f"INSERT INTO memories ({_MEMORY_COLUMNS}) VALUES ({_MEMORY_MARKS})",
+                (
+                    memory.id,
+                    namespace,
+                    text,
+                    x_coord,
+                    y_coord,
+                    z_coord,
+                    now,
+                    now,
+                    1,
+                    origin,
+                    memory.x_as_of,
+                ),
             )
             self._enqueue(tx, make_event(memory))
         return memory
@@ -457,10 +485,12 @@ class MemoryStore:
                 updated_at=utcnow(),
                 version=before.version + 1,
                 origin=origin,
+                # a new x_coord from the caller is as of today's state of the store
+                x_as_of=self._last_date(tx) if "x_coord" in changes else before.x_as_of,
             )
             tx.execute(
                 "UPDATE memories SET namespace = ?, text = ?, x_coord = ?, y_coord = ?, "
-                "z_coord = ?, updated_at = ?, version = ?, origin = ? WHERE id = ?",
+                "z_coord = ?, updated_at = ?, version = ?, origin = ?, x_as_of = ? WHERE id = ?",
                 (
                     after.namespace,
                     after.text,
@@ -470,6 +500,7 @@ class MemoryStore:
                     after.updated_at,
                     after.version,
                     after.origin,
+                    after.x_as_of,
                     after.id,
                 ),
             )
@@ -588,6 +619,7 @@ class MemoryStore:
         outcomes: list[DecrementOutcome] = []
         now = utcnow()
         with self.db.transaction(write=True) as tx:
+            dates: list[str] | None = None  # this store's decrement log, read when first needed
             for op in ops:
                 fresh = tx.execute(
                     "INSERT INTO sync_inbox (event_id, received_at) VALUES (?, ?) "
@@ -598,7 +630,9 @@ class MemoryStore:
                     duplicates += 1
                     continue
                 if op.kind == "upsert" and op.memory is not None:
-                    self._upsert_remote(tx, op.memory, deleted=False)
+                    if dates is None:
+                        dates = self._decrement_dates(tx)
+                    self._upsert_remote(tx, _rebase(op.memory, dates), deleted=False)
                     applied += 1
                 elif op.kind == "withdraw" and op.event is not None:
                     self._withdraw(tx, op.event)
@@ -608,6 +642,8 @@ class MemoryStore:
                     outcomes.append(outcome)
                     if outcome.ran:
                         applied += 1
+                        if dates is not None:
+                            bisect.insort(dates, outcome.date)
                     elif outcome.reason == "stale":
                         stale += 1
                     else:
@@ -627,11 +663,12 @@ class MemoryStore:
     def _upsert_remote(tx: _Tx, m: Memory, *, deleted: bool) -> None:
         tx.execute(
             f"INSERT INTO memories ({_MEMORY_COLUMNS}, deleted) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"VALUES ({_MEMORY_MARKS}, ?) "
             "ON CONFLICT (id) DO UPDATE SET namespace = excluded.namespace, "
             "text = excluded.text, x_coord = excluded.x_coord, y_coord = excluded.y_coord, "
             "z_coord = excluded.z_coord, updated_at = excluded.updated_at, "
-            "version = excluded.version, origin = excluded.origin, deleted = excluded.deleted "
+            "version = excluded.version, origin = excluded.origin, "
+            "x_as_of = excluded.x_as_of, deleted = excluded.deleted "
             "WHERE memories.version < excluded.version OR "
             "(memories.version = excluded.version AND memories.origin < excluded.origin)",
             (
@@ -645,6 +682,7 @@ class MemoryStore:
                 m.updated_at,
                 m.version,
                 m.origin,
+                m.x_as_of,
                 deleted,
             ),
         )
@@ -682,8 +720,29 @@ class MemoryStore:
             return False, "already", meta
         return True, "ran", meta
 
+    @staticmethod
+    def _last_date(tx: _Tx) -> str:
+        row = tx.execute(
+            "SELECT value FROM service_metadata WHERE key = 'last_decrement_date'"
+        ).fetchone()
+        return str(row[0]) if row else ""
+
+    @staticmethod
+    def _decrement_dates(tx: _Tx) -> list[str]:
+        return [r[0] for r in tx.execute("SELECT date FROM decrement_log ORDER BY date").fetchall()]
+
     def _decrement_rows(self, tx: _Tx, date: str, token: int, by: str) -> int:
-        rows = tx.execute("UPDATE memories SET x_coord = x_coord - 1 WHERE NOT deleted").rowcount
+        # a memory that came from a peer already decremented for this date is left alone
+        rows = tx.execute(
+            "UPDATE memories SET x_coord = x_coord - 1, x_as_of = ? "
+            "WHERE NOT deleted AND x_as_of < ?",
+            (date, date),
+        ).rowcount
+        tx.execute(
+            "INSERT INTO decrement_log (date, ran_by, ran_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (date) DO NOTHING",
+            (date, by, utcnow()),
+        )
         meta = tx.execute(
             "SELECT value FROM service_metadata WHERE key = 'fencing_token'"
         ).fetchone()
@@ -746,6 +805,19 @@ class MemoryStore:
             return int(
                 tx.execute("DELETE FROM sync_inbox WHERE received_at < ?", (cutoff,)).rowcount
             )
+
+
+def _rebase(memory: Memory, dates: list[str]) -> Memory:
+    """A peer's memory, with x_coord moved to what this store's decrements would have made it:
+    minus every date this store decremented after the one the peer's value reflects."""
+    last = dates[-1] if dates else ""
+    if memory.x_as_of == UNKNOWN_AS_OF:
+        # a peer that does not say (the guide's plain events): take its value as current
+        return dataclasses.replace(memory, x_as_of=last)
+    if memory.x_as_of >= last:
+        return memory  # the peer saw as much as we did or more; our later runs skip it
+    missed = len(dates) - bisect.bisect_right(dates, memory.x_as_of)
+    return dataclasses.replace(memory, x_coord=memory.x_coord - missed, x_as_of=last)
 
 
 def memory_event(action: Action, memory: Memory, origin: str) -> SyncEvent:

@@ -25,7 +25,14 @@ from ..errors import BrokerUnavailable, EventFormatError
 from ..metrics import RuntimeMetrics
 from ..privacy import PrivacyRange
 from ..settings import MemoriaSettings, SyncSettings
-from ..store import DecrementOutcome, InboundOp, Memory, MemoryStore, memory_event
+from ..store import (
+    UNKNOWN_AS_OF,
+    DecrementOutcome,
+    InboundOp,
+    Memory,
+    MemoryStore,
+    memory_event,
+)
 from .base import BEGINNING, Backoff, Subscription, SyncBackend
 from .events import Action, Delivery, EntityType, SyncEvent
 
@@ -66,6 +73,7 @@ def memory_from_payload(payload: dict[str, Any], event: SyncEvent) -> Memory:
             updated_at=str(payload.get("updated_at") or now),
             version=version,
             origin=event.origin,
+            x_as_of=str(payload.get("x_as_of", UNKNOWN_AS_OF)),
         )
     except KeyError as exc:
         raise EventFormatError(f"payload.{exc.args[0]} is missing") from None

@@ -195,3 +195,71 @@ def test_two_serve_processes_both_leading_cross_midnight_once(
     with psycopg.connect(store_url) as conn:
         xs = {r[0] for r in conn.execute("SELECT x_coord FROM memories").fetchall()}
     assert xs == {-2.0 * iterations}
+
+
+def _remote_update(store: MemoryStore, payload: dict[str, object], origin: str) -> None:
+    from memoria.store import InboundOp
+    from memoria.sync.coordinator import memory_from_payload
+
+    event = SyncEvent(Action.UPDATE, EntityType.MEMORY, "d", str(payload["id"]), payload, origin)
+    store.apply_inbound(
+        [InboundOp(event.event_id, "upsert", event, memory_from_payload(payload, event))],
+        source="test",
+        position=None,
+    )
+
+
+def _remote_decrement(store: MemoryStore, date: str) -> None:
+    from memoria.store import InboundOp
+
+    event = SyncEvent(
+        Action.DECREMENT,
+        EntityType.SCHEDULE,
+        "_schedule",
+        date,
+        {"date": date, "token": 1, "region": "leader"},
+        "leader",
+    )
+    store.apply_inbound(
+        [InboundOp(event.event_id, "decrement", event)], source="test", position=None
+    )
+
+
+def test_a_peer_update_neither_undoes_nor_repeats_a_decrement(tmp_path: Path) -> None:
+    """x_coord travels with the last decrement date it reflects, so a memory updated in a
+    region that is behind (or ahead) on decrements lands right in every store."""
+    leader = MemoryStore(f"sqlite:///{tmp_path / 'leader.db'}")
+    behind = MemoryStore(f"sqlite:///{tmp_path / 'behind.db'}")
+    m = leader.create_memory(
+        namespace="d",
+        text="m",
+        x_coord=0.0,
+        y_coord=0.0,
+        z_coord=0.0,
+        origin="leader",
+        make_event=lambda _m: None,
+    )
+    _remote_update(behind, m.to_payload(), "leader")
+    assert leader.run_decrement(
+        "2030-01-01", token=1, region="leader", make_event=lambda _d: None
+    ).ran
+    # the region that has not applied 2030-01-01 yet updates the text: its x is still 0
+    updated = behind.update_memory(
+        m.id, {"text": "edited"}, origin="behind", make_event=lambda _b, _a: None
+    )
+    assert updated.x_coord == 0.0
+    _remote_update(leader, updated.to_payload(), "behind")
+    assert leader.get_memory(m.id).x_coord == -1.0  # not undone
+    assert leader.get_memory(m.id).text == "edited"
+    # the other way round: the leader's newer copy reaches the region that is behind first
+    newer = leader.update_memory(
+        m.id, {"text": "again"}, origin="leader", make_event=lambda _b, _a: None
+    )
+    _remote_update(behind, newer.to_payload(), "leader")
+    assert behind.get_memory(m.id).x_coord == -1.0
+    _remote_decrement(behind, "2030-01-01")  # ...then the decrement event itself
+    assert behind.get_memory(m.id).x_coord == -1.0  # not repeated
+    _remote_decrement(behind, "2030-01-02")
+    assert behind.get_memory(m.id).x_coord == -2.0
+    leader.close()
+    behind.close()
