@@ -19,13 +19,13 @@ import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from .errors import LeadershipError, MemoryNotFound, NotConfigured
+from .errors import BrokerBusy, LeadershipError, MemoryNotFound, NotConfigured, SyncError
 from .leadership import request_promotion
 from .runtime import Runtime
-from .settings import MemoriaSettings, SettingsUpdateError, apply_updates, public_view
+from .settings import MemoriaSettings, SettingsUpdateError, mask_url, public_view
 from .store import Memory
 
 log = logging.getLogger("memoria.api")
@@ -33,8 +33,16 @@ log = logging.getLogger("memoria.api")
 Privacy = Annotated[float, Field(ge=-15, le=15, description="privacy (Y axis), -15..15")]
 
 
+def _no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 class MemoryIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    _text_ok = field_validator("text", "namespace")(_no_nul)
 
     text: str = Field(min_length=1, max_length=100_000)
     y_coord: Privacy
@@ -45,6 +53,8 @@ class MemoryIn(BaseModel):
 
 class MemoryPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    _text_ok = field_validator("text", "namespace")(_no_nul)
 
     text: str | None = Field(default=None, min_length=1, max_length=100_000)
     y_coord: Privacy | None = None
@@ -199,10 +209,16 @@ def _settings_routes(app: FastAPI, runtime: Runtime, protected: list[Any]) -> No
                 status_code=422,
             )
         try:
-            new = apply_updates(runtime.settings, updates)
+            await run_in_threadpool(runtime.update_settings, updates)
         except SettingsUpdateError as exc:
             return JSONResponse({"detail": exc.problems}, status_code=422)
-        await run_in_threadpool(runtime.apply_settings, new)
+        except BrokerBusy as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=503)
+        except (SyncError, ValueError) as exc:
+            # the new backend could not even be built from these settings: nothing changed
+            return JSONResponse(
+                {"detail": {"sync.connection_url": mask_url(str(exc))}}, status_code=422
+            )
         return JSONResponse(public_view(runtime.settings))
 
 
@@ -234,8 +250,18 @@ def _admin_routes(app: FastAPI, runtime: Runtime, protected: list[Any]) -> None:
             )
         if scheduler.disabled:
             raise HTTPException(409, "schedulers are disabled in this region")
-        date = (body.date if body and body.date else scheduler.today()).isoformat()
-        outcome = scheduler.run_date(date)
+        today = scheduler.today()
+        day = body.date if body and body.date else today
+        if day > today:
+            # a future date would be claimed now and block every real date until then
+            raise HTTPException(
+                422,
+                {
+                    "date": f"must not be after today ({today.isoformat()}) "
+                    f"in {runtime.settings.decrement_tz}"
+                },
+            )
+        outcome = scheduler.run_date(day.isoformat())
         return {
             "date": outcome.date,
             "ran": outcome.ran,

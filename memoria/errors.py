@@ -6,9 +6,12 @@
     ├── SettingsError            invalid configuration (names the variable or key)
     │   └── SettingsUpdateError  a refused PATCH /settings (memoria.settings)
     ├── StoreError               the memory store failed
+    │   ├── StoreUnavailable     cannot reach the store right now (retried)
     │   └── MemoryNotFound       no memory with that id
     ├── SyncError                a sync backend failed
     │   ├── BrokerUnavailable    the broker cannot be reached right now (retried, never fatal)
+    │   ├── BrokerBusy           a relay is stuck in a publish; a live switch was not applied
+    │   ├── EventRejected        the broker refuses this event's content (dropped, logged)
     │   └── EventFormatError     an inbound payload is not a valid SyncEvent (logged, skipped)
     └── LeadershipError          the Kubernetes side of leadership failed (promote, Lease)
         └── NotConfigured        no Kubernetes credentials or identity for this region
@@ -29,6 +32,10 @@ class StoreError(MemoriaError):
     """The memory store failed."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (connection lost, locked): retry later."""
+
+
 class MemoryNotFound(StoreError):
     """No memory with that id."""
 
@@ -39,6 +46,14 @@ class SyncError(MemoriaError):
 
 class BrokerUnavailable(SyncError):
     """The broker cannot be reached; the caller keeps the event and retries."""
+
+
+class BrokerBusy(SyncError):
+    """The relay has been inside one publish for too long (a stalled broker)."""
+
+
+class EventRejected(SyncError):
+    """The broker refuses an event for its content (it would refuse it on every retry)."""
 
 
 class EventFormatError(SyncError):

@@ -96,7 +96,7 @@ class LeaseWatcher:
         self.last_error: str | None = None
         self._reported: tuple[bool, int] | None = None
         self._stop = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._threads: list[threading.Thread] = []
         self._watch: Any = None
 
@@ -120,17 +120,22 @@ class LeaseWatcher:
         self._report()
 
     def _report(self) -> None:
+        # Under the lock, including the callback: the watch and the expiry check report in
+        # the order they decide, so the last report is always the current state.
         with self._lock:
             view = self.view
             state = (view.held_by(self.identity), view.transitions)
             if state == self._reported:
                 return
+            self.on_change(Leadership(state[0], state[1], view.holder, "lease"))
             self._reported = state
-        self.on_change(Leadership(state[0], state[1], view.holder, "lease"))
 
     def _expiry_loop(self) -> None:
         while not self._stop.wait(0.1):
-            self._report()
+            try:
+                self._report()
+            except Exception:
+                log.exception("lease expiry check failed; retrying")
 
     def _follow(self, api: Any, selector: str, resource_version: str | None) -> None:
         """Apply watch events until the server ends this watch window."""
@@ -241,6 +246,8 @@ def request_promotion(settings: LeadershipSettings) -> str:
         raise LeadershipError(
             f"could not annotate MemoriaRegion {settings.identity}: {exc.status} {reason}"
         ) from None
-    except OSError as exc:
-        raise LeadershipError(f"Kubernetes API unreachable: {exc}") from None
+    except Exception as exc:  # urllib3's MaxRetryError and friends: the API is unreachable
+        raise LeadershipError(
+            f"Kubernetes API unreachable: {str(exc).splitlines()[0][:200]}"
+        ) from None
     return value

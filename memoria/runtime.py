@@ -10,7 +10,7 @@ from .errors import StoreError
 from .leadership import LeaseWatcher
 from .metrics import RuntimeMetrics
 from .scheduler import DecrementScheduler
-from .settings import MemoriaSettings, mask_url
+from .settings import MemoriaSettings, apply_updates, mask_url
 from .store import MemoryStore
 from .sync.coordinator import SyncCoordinator
 
@@ -68,11 +68,22 @@ class Runtime:
         self.store.close()
         self.started = False
 
+    def update_settings(self, updates: dict[str, Any]) -> MemoriaSettings:
+        """Validate dotted-key updates against the current settings and apply them, one
+        caller at a time (two concurrent PATCHes can never undo each other)."""
+        with self._settings_lock:
+            new = apply_updates(self.settings, updates)
+            self._apply(new)
+            return new
+
     def apply_settings(self, new: MemoriaSettings) -> None:
         with self._settings_lock:
-            self.settings = new
-            self.sync.apply_settings(new)
-            self.scheduler.settings_changed()
+            self._apply(new)
+
+    def _apply(self, new: MemoriaSettings) -> None:
+        self.sync.apply_settings(new)  # raises, changing nothing, if it cannot be applied
+        self.settings = new
+        self.scheduler.settings_changed()
         log.info(
             "settings applied: sync %s %s, privacy [%d, %d]",
             "on" if new.sync.enabled else "off",

@@ -117,6 +117,8 @@ class DecrementScheduler:
     def start(self) -> None:
         with self._cond:
             self._stopping = False
+            if self._thread is not None and self._thread.is_alive():
+                return  # one loop per process, whoever asks first
         self._thread = threading.Thread(target=self._loop, name="decrement-scheduler", daemon=True)
         self._thread.start()
 
@@ -134,9 +136,14 @@ class DecrementScheduler:
         return self.clock.now().astimezone(self.runtime.settings.timezone).date()
 
     def seconds_to_midnight(self) -> float:
-        now = self.clock.now().astimezone(self.runtime.settings.timezone)
-        tomorrow = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), now.tzinfo)
-        return max(0.0, (tomorrow - now).total_seconds())
+        now = self.clock.now()
+        zone = self.runtime.settings.timezone
+        tomorrow = dt.datetime.combine(
+            now.astimezone(zone).date() + dt.timedelta(days=1), dt.time(), zone
+        )
+        # compare in UTC: two datetimes sharing one ZoneInfo subtract as wall times, which is
+        # an hour off on the days clocks change
+        return max(0.0, (tomorrow.astimezone(dt.UTC) - now.astimezone(dt.UTC)).total_seconds())
 
     def due_dates(self) -> list[str]:
         today = self.today()

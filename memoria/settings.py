@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -63,6 +64,25 @@ class SyncSettings(BaseModel):
     def _channel(cls, value: str) -> str:
         if not _CHANNEL_RE.match(value):
             raise ValueError("must be 1-63 characters of letters, digits, '_', '.', ':' or '-'")
+        return value
+
+    @field_validator("connection_url")
+    @classmethod
+    def _url_fits_backend(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        backend = info.data.get("backend")
+        url = value.get_secret_value() if value else ""
+        schemes = (
+            {
+                SyncBackendName.REDIS: ("redis://", "rediss://", "unix://"),
+                SyncBackendName.POSTGRES: ("postgresql://", "postgres://"),
+            }.get(backend)
+            if isinstance(backend, SyncBackendName)
+            else None
+        )
+        if url and schemes and not url.startswith(schemes):
+            raise ValueError(
+                f"must be a {backend.value} URL starting with {' or '.join(schemes)}"  # type: ignore[union-attr]
+            )
         return value
 
     @field_validator("table")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import MemoryNotFound, StoreError
+from .errors import MemoryNotFound, StoreError, StoreUnavailable
 from .settings import mask_url
 from .sync.events import Action, EntityType, SyncEvent
 
@@ -145,6 +145,7 @@ class _Tx(ABC):
 class _Database(ABC):
     url_for_humans: str
     for_update: str = ""
+    for_share: str = ""
     autoincrement: str
 
     @abstractmethod
@@ -207,7 +208,10 @@ class _Sqlite(_Database):
         # IMMEDIATE then takes the file's write lock up front (other processes), so a read
         # lock never has to be upgraded mid-transaction.
         with self._writer if write else contextlib.nullcontext():
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"{self.url_for_humans}: {exc}") from None
             try:
                 yield _SqliteTx(conn)
             except BaseException:
@@ -251,6 +255,7 @@ class _PgTx(_Tx):
 class _Postgres(_Database):
     autoincrement = "BIGSERIAL PRIMARY KEY"
     for_update = " FOR UPDATE"
+    for_share = " FOR SHARE"
 
     def __init__(self, url: str, max_connections: int = 10) -> None:
         from psycopg_pool import ConnectionPool
@@ -274,8 +279,15 @@ class _Postgres(_Database):
 
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[_Tx]:
-        with self.pool.connection() as conn, conn.transaction():
-            yield _PgTx(conn)
+        from psycopg import OperationalError
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                yield _PgTx(conn)
+        except (OperationalError, PoolTimeout) as exc:
+            # lost connection, server shutting down, statement timeout: worth a retry
+            raise StoreUnavailable(f"{self.url_for_humans}: {exc}") from None
 
     def ping(self) -> None:
         with self.pool.connection(timeout=2) as conn:
@@ -375,6 +387,7 @@ class MemoryStore:
                     tx.execute("SELECT pg_advisory_xact_lock(7210402)")
                 for sql in statements:
                     tx.execute(sql)
+                self._migrate(tx)
                 for key in DECREMENT_KEYS:
                     tx.execute(
                         "INSERT INTO service_metadata (key, value) VALUES (?, ?) "
@@ -385,6 +398,19 @@ class MemoryStore:
             raise
         except Exception as exc:
             raise StoreError(f"cannot prepare the store at {self.url_for_humans}: {exc}") from exc
+
+    @staticmethod
+    def _migrate(tx: _Tx) -> None:
+        """Columns added after a store may have been created (CREATE TABLE IF NOT EXISTS
+        leaves an existing table as it was)."""
+        if isinstance(tx, _PgTx):
+            tx.execute(
+                "ALTER TABLE memories ADD COLUMN IF NOT EXISTS x_as_of TEXT NOT NULL DEFAULT ''"
+            )
+            return
+        columns = {row[1] for row in tx.execute("PRAGMA table_info(memories)").fetchall()}
+        if "x_as_of" not in columns:
+            tx.execute("ALTER TABLE memories ADD COLUMN x_as_of TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self.db.close()
@@ -669,8 +695,11 @@ class MemoryStore:
             "z_coord = excluded.z_coord, updated_at = excluded.updated_at, "
             "version = excluded.version, origin = excluded.origin, "
             "x_as_of = excluded.x_as_of, deleted = excluded.deleted "
+            # newer version wins; on equal versions the larger origin wins, except over a
+            # tombstone: a delete concurrent with an update ends deleted everywhere
             "WHERE memories.version < excluded.version OR "
-            "(memories.version = excluded.version AND memories.origin < excluded.origin)",
+            "(memories.version = excluded.version AND memories.origin < excluded.origin "
+            "AND NOT memories.deleted)",
             (
                 m.id,
                 m.namespace,
@@ -720,10 +749,12 @@ class MemoryStore:
             return False, "already", meta
         return True, "ran", meta
 
-    @staticmethod
-    def _last_date(tx: _Tx) -> str:
+    def _last_date(self, tx: _Tx) -> str:
+        # FOR SHARE on PostgreSQL: a write waits for a decrement committing right now, so the
+        # date it records is the one its row's x_coord really reflects
         row = tx.execute(
             "SELECT value FROM service_metadata WHERE key = 'last_decrement_date'"
+            + self.db.for_share
         ).fetchone()
         return str(row[0]) if row else ""
 
@@ -778,6 +809,13 @@ class MemoryStore:
 
     def _remote_decrement(self, tx: _Tx, event: SyncEvent) -> DecrementOutcome:
         date = str(event.payload.get("date", ""))
+        try:
+            day = dt.date.fromisoformat(date)
+        except ValueError:
+            return DecrementOutcome(date, False, "invalid")
+        if day > dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1):
+            # a date in the future would block every real date until then
+            return DecrementOutcome(date, False, "invalid")
         token = event.payload.get("token", 0)
         token = token if isinstance(token, int) else 0
         ok, reason, meta = self._claim(tx, date, token, check_token=True)

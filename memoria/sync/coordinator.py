@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BrokerUnavailable, EventFormatError
+from ..errors import (
+    BrokerBusy,
+    BrokerUnavailable,
+    EventFormatError,
+    EventRejected,
+    StoreUnavailable,
+)
 from ..metrics import RuntimeMetrics
 from ..privacy import PrivacyRange
 from ..settings import MemoriaSettings, SyncSettings
@@ -29,6 +36,7 @@ from ..store import (
     UNKNOWN_AS_OF,
     DecrementOutcome,
     InboundOp,
+    InboundResult,
     Memory,
     MemoryStore,
     memory_event,
@@ -40,6 +48,7 @@ log = logging.getLogger("memoria.sync")
 
 BackendFactory = Callable[[SyncSettings], SyncBackend]
 _INBOX_RETENTION = dt.timedelta(days=7)
+_LOCK_WAIT = 10.0  # seconds a live switch or a stop waits for a publish in flight
 _CONNECTION_FIELDS = ("enabled", "backend", "connection_url", "channel", "table")
 
 
@@ -49,34 +58,52 @@ def _default_factory(settings: SyncSettings) -> SyncBackend:
     return create_backend(settings)
 
 
+def _number(payload: dict[str, Any], name: str, default: float | None) -> float:
+    value = payload.get(name, default)
+    if value is None:
+        raise EventFormatError(f"payload.{name} is missing")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EventFormatError(f"payload.{name} must be a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise EventFormatError(f"payload.{name} must be a finite number")
+    return number
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise EventFormatError(f"{name} must be a string")
+    if "\x00" in value:
+        raise EventFormatError(f"{name} must not contain NUL characters")
+    return value
+
+
 def memory_from_payload(payload: dict[str, Any], event: SyncEvent) -> Memory:
     """The memory an inbound create/update carries; EventFormatError if the payload is off."""
-    try:
-        for name in ("x_coord", "y_coord", "z_coord"):
-            value = payload.get(name, 0.0)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise EventFormatError(f"payload.{name} must be a number")
-        text, version = payload.get("text"), payload.get("version", 1)
-        if not isinstance(text, str):
-            raise EventFormatError("payload.text must be a string")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise EventFormatError("payload.version must be a positive integer")
-        now = event.created_at.isoformat()
-        return Memory(
-            id=event.entity_id,
-            namespace=event.namespace,
-            text=text,
-            x_coord=float(payload.get("x_coord", 0.0)),
-            y_coord=float(payload["y_coord"]),
-            z_coord=float(payload.get("z_coord", 0.0)),
-            created_at=str(payload.get("created_at") or now),
-            updated_at=str(payload.get("updated_at") or now),
-            version=version,
-            origin=event.origin,
-            x_as_of=str(payload.get("x_as_of", UNKNOWN_AS_OF)),
-        )
-    except KeyError as exc:
-        raise EventFormatError(f"payload.{exc.args[0]} is missing") from None
+    version = payload.get("version")
+    if version is None:
+        # a peer speaking the guide's plain contract: order its writes by their time
+        version = int(event.created_at.timestamp() * 1_000_000)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise EventFormatError("payload.version must be a positive integer")
+    as_of = payload.get("x_as_of", UNKNOWN_AS_OF)
+    now = event.created_at.isoformat()
+    return Memory(
+        id=_text(event.entity_id, "entity_id"),
+        namespace=_text(event.namespace, "namespace"),
+        text=_text(payload.get("text"), "payload.text"),
+        x_coord=_number(payload, "x_coord", 0.0),
+        y_coord=_number(payload, "y_coord", None),
+        z_coord=_number(payload, "z_coord", 0.0),
+        created_at=str(payload.get("created_at") or now),
+        updated_at=str(payload.get("updated_at") or now),
+        version=version,
+        origin=event.origin,
+        x_as_of=as_of if isinstance(as_of, str) and len(as_of) <= 10 else UNKNOWN_AS_OF,
+    )
 
 
 @dataclass
@@ -144,13 +171,18 @@ class SyncCoordinator:
         self._wake.set()
         if self._relay is not None:
             self._relay.join(flush_timeout + 10)
-        with self._backend_lock:
-            self._close()
+        if self._backend_lock.acquire(timeout=_LOCK_WAIT):
+            try:
+                self._close()
+            finally:
+                self._backend_lock.release()
+        else:  # the relay is stuck inside a publish (a stalled broker): leave it behind
+            log.warning("sync: the relay is stuck publishing; closing without it")
 
-    def _open(self, sync: SyncSettings) -> None:
+    def _open(self, sync: SyncSettings, backend: SyncBackend | None = None) -> None:
         if not sync.enabled:
             return
-        self.backend = self.backend_factory(sync)
+        self.backend = backend or self.backend_factory(sync)
         if sync.realtime_replication:
             # the cursor key names this region and the journal: regions sharing one store
             # keep separate cursors, and a switched backend starts a cursor of its own
@@ -171,16 +203,28 @@ class SyncCoordinator:
             self.backend = None
 
     def apply_settings(self, new: MemoriaSettings) -> None:
-        """Take new settings live. Connection changes close and reopen backend and listener;
-        the outbox is untouched, so nothing queued is lost across the switch."""
+        """Take new settings live. Connection changes open the new backend first (so a bad
+        one changes nothing), then close the old backend and listener; the outbox is
+        untouched, so nothing queued is lost across the switch. Raises BrokerBusy, changing
+        nothing, if the relay is stuck inside a publish."""
         old = self.settings.sync
         reconnect = any(getattr(old, f) != getattr(new.sync, f) for f in _CONNECTION_FIELDS)
         reconnect |= old.realtime_replication != new.sync.realtime_replication
-        with self._backend_lock:
+        fresh = self.backend_factory(new.sync) if reconnect and new.sync.enabled else None
+        if not self._backend_lock.acquire(timeout=_LOCK_WAIT):
+            if fresh is not None:
+                fresh.close()
+            raise BrokerBusy(
+                f"the sync relay has been publishing for over {_LOCK_WAIT:.0f}s "
+                "(is the broker stalled?); settings were not applied"
+            )
+        try:
             self.settings = new
             if reconnect:
                 self._close()
-                self._open(new.sync)
+                self._open(new.sync, fresh)
+        finally:
+            self._backend_lock.release()
         self._wake.set()
 
     # -- outbound ----------------------------------------------------------------------------
@@ -260,21 +304,41 @@ class SyncCoordinator:
         batch = self.store.outbox_batch(self.region)
         if not batch:
             return False
-        privacy = self.privacy
-        # re-check the range now: it may have narrowed since the write was queued
-        events = [
-            (r.event_id, r.body) for r in batch if r.y_coord is None or privacy.allows(r.y_coord)
-        ]
-        if len(events) < len(batch):
-            self.metrics.dropped.labels("privacy_out").inc(len(batch) - len(events))
         with self._backend_lock:
             backend = self.backend
             if backend is None:
                 return False  # sync switched off meanwhile: keep the queue
-            backend.publish_encoded(events)
+            # re-check the range under the lock: once a narrowing PATCH has returned, nothing
+            # outside the new range goes out
+            privacy = self.privacy
+            events = [
+                (r.event_id, r.body)
+                for r in batch
+                if r.y_coord is None or privacy.allows(r.y_coord)
+            ]
+            if len(events) < len(batch):
+                self.metrics.dropped.labels("privacy_out").inc(len(batch) - len(events))
+            try:
+                backend.publish_encoded(events)
+                sent = len(events)
+            except EventRejected:
+                sent = self._publish_one_by_one(backend, events)
         self.store.outbox_remove(self.region, [r.seq for r in batch])
-        self.metrics.published.inc(len(events))
+        self.metrics.published.inc(sent)
         return True
+
+    def _publish_one_by_one(self, backend: SyncBackend, events: list[tuple[str, str]]) -> int:
+        """A batch the broker refused: send its events singly and drop only those refused
+        (they would be refused forever and hold up everything behind them)."""
+        sent = 0
+        for event_id, body in events:
+            try:
+                backend.publish_encoded([(event_id, body)])
+                sent += 1
+            except EventRejected as exc:
+                self.metrics.dropped.labels("rejected").inc()
+                log.error("sync: the broker refuses event %s for good (%s); dropped", event_id, exc)
+        return sent
 
     def _relay_loop(self) -> None:
         backoff = Backoff(0.05, 5.0)
@@ -361,7 +425,15 @@ class SyncCoordinator:
     def _on_batch(self, batch: list[Delivery], source: str) -> None:
         ops = [op for op in map(self._classify, batch) if op is not None]
         position = next((d.position for d in reversed(batch) if d.position is not None), None)
-        result = self.store.apply_inbound(ops, source=source, position=position)
+        try:
+            result = self.store.apply_inbound(ops, source=source, position=position)
+        except StoreUnavailable:
+            raise  # the store is down: the batch is offered again after a backoff
+        except Exception:
+            # something in the batch the store refuses (it would refuse it on every retry):
+            # apply event by event and skip only what fails, so the stream moves on
+            log.exception("sync: a batch failed to apply; applying its events one by one")
+            result = self._apply_one_by_one(ops, source, position)
         self.metrics.applied.inc(result.applied)
         if result.duplicates:
             self.metrics.dropped.labels("duplicate").inc(result.duplicates)
@@ -378,6 +450,37 @@ class SyncCoordinator:
                 )
             if self.on_remote_decrement:
                 self.on_remote_decrement(outcome)
+
+    def _apply_one_by_one(
+        self, ops: list[InboundOp], source: str, position: str | None
+    ) -> InboundResult:
+        total = InboundResult()
+        for i, op in enumerate(ops):
+            last = i == len(ops) - 1
+            try:
+                r = self.store.apply_inbound(
+                    [op], source=source, position=position if last else None
+                )
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                self.metrics.dropped.labels("malformed").inc()
+                log.error("sync: skipping event %s the store refuses: %s", op.event_id, exc)
+                r = self.store.apply_inbound(
+                    [InboundOp(op.event_id, "skip")],
+                    source=source,
+                    position=position if last else None,
+                )
+            total = InboundResult(
+                total.applied + r.applied,
+                total.duplicates + r.duplicates,
+                total.skipped + r.skipped,
+                total.stale + r.stale,
+                [*total.outcomes, *r.outcomes],
+            )
+        if not ops and position is not None:
+            total = self.store.apply_inbound([], source=source, position=position)
+        return total
 
     # -- health ------------------------------------------------------------------------------
 

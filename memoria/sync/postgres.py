@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..errors import BrokerUnavailable, EventFormatError
+from ..errors import BrokerUnavailable, EventFormatError, EventRejected
 from ..settings import mask_url
 from .base import BEGINNING, BatchHandler, Subscription, SyncBackend
 from .events import Delivery, SyncEvent
@@ -41,6 +41,21 @@ NOTIFY_LIMIT = 7900  # bytes; PostgreSQL refuses payloads of 8000 bytes and more
 _CHUNK_MARK = "\x1echunk:"
 _CATCH_UP_BATCH = 2000
 _IDLE_RECHECK = 10.0  # seconds without notifications before re-reading the journal anyway
+
+
+def connect(dsn: str) -> psycopg.Connection[Any]:
+    """A sync connection that notices a dead peer: TCP keepalives (about 15 s), and a
+    server-side statement timeout so a slow server cannot hold a publish for ever."""
+    return psycopg.connect(
+        dsn,
+        autocommit=True,
+        connect_timeout=3,
+        keepalives=1,
+        keepalives_idle=5,
+        keepalives_interval=2,
+        keepalives_count=3,
+        options="-c statement_timeout=30000",
+    )
 
 
 def _split_utf8(text: str, limit: int) -> list[str]:
@@ -71,7 +86,7 @@ class _PostgresSubscription(Subscription):
 
     def session(self) -> None:
         backend = self.backend
-        conn = psycopg.connect(backend.dsn, autocommit=True, connect_timeout=3)
+        conn = connect(backend.dsn)
         self.conn = conn
         try:
             conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(backend.channel)))
@@ -166,6 +181,8 @@ class _PostgresSubscription(Subscription):
             i, n = int(index), int(count)
         except ValueError:
             return None
+        if not 0 <= i < n <= 10_000:
+            return None  # not one of ours
         parts = self._chunks.setdefault(event_id, [""] * n)
         parts[i] = piece
         if i == n - 1:
@@ -236,7 +253,7 @@ class PostgresSyncBackend(SyncBackend):
 
     def _publisher(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=3)
+            self._conn = connect(self.dsn)
             self.ensure_journal(self._conn)
         return self._conn
 
@@ -284,6 +301,9 @@ class PostgresSyncBackend(SyncBackend):
             except psycopg.OperationalError as exc:
                 self._drop_connection()
                 raise BrokerUnavailable(f"postgres at {mask_url(self.dsn)}: {exc}") from None
+            except psycopg.Error as exc:
+                # the content itself (say a NUL in JSON text): it would fail on every retry
+                raise EventRejected(f"postgres refused the batch: {exc}") from None
             self._maybe_prune()
 
     def _maybe_prune(self) -> None:
@@ -345,16 +365,23 @@ class PostgresSyncBackend(SyncBackend):
         return sub
 
     def ping(self) -> None:
-        with self._lock:
-            try:
-                self._publisher().execute("SELECT 1")
-            except psycopg.OperationalError as exc:
-                self._drop_connection()
-                raise BrokerUnavailable(f"postgres at {mask_url(self.dsn)}: {exc}") from None
+        """A fresh, short connection: never waits behind a publish in flight."""
+        try:
+            with psycopg.connect(
+                self.dsn, connect_timeout=2, options="-c statement_timeout=2000"
+            ) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise BrokerUnavailable(f"postgres at {mask_url(self.dsn)}: {exc}") from None
 
     def close(self) -> None:
         for sub in self._subs:
             sub.close()
         self._subs.clear()
-        with self._lock:
-            self._drop_connection()
+        if self._lock.acquire(timeout=5):
+            try:
+                self._drop_connection()
+            finally:
+                self._lock.release()
+        else:
+            log.warning("postgres sync: a publish is stuck; leaving its connection behind")

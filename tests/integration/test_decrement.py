@@ -19,6 +19,10 @@ from tests.integration.regions import Broker, two_regions, wait_for
 
 pytestmark = pytest.mark.integration
 
+# recent dates: a peer refuses decrement events dated more than a day ahead
+_TODAY = dt.datetime.now(dt.UTC).date()
+D1, D2, D3 = ((_TODAY - dt.timedelta(days=n)).isoformat() for n in (3, 2, 1))
+
 
 def _seed(store: MemoryStore, n: int) -> None:
     for i in range(n):
@@ -110,9 +114,9 @@ def test_standby_applies_leaders_decrement_once_even_twice_or_late(
     with two_regions(broker, tmp_path) as (leader, standby):
         mids = [leader.write(f"m{i}", y=0) for i in range(5)]
         wait_for(lambda: set(mids) <= standby.ids(), what="memories at the standby")
-        assert leader.coordinator.run_decrement("2031-03-01", token=1).ran
+        assert leader.coordinator.run_decrement(D1, token=1).ran
         wait_for(
-            lambda: standby.store.metadata()["last_decrement_date"] == "2031-03-01",
+            lambda: standby.store.metadata()["last_decrement_date"] == D1,
             what="the decrement at the standby",
         )
         assert _x_values(standby.store) == {-1.0}
@@ -122,8 +126,8 @@ def test_standby_applies_leaders_decrement_once_even_twice_or_late(
             Action.DECREMENT,
             EntityType.SCHEDULE,
             "_schedule",
-            "2031-03-01",
-            {"date": "2031-03-01", "token": 1, "region": "region-a"},
+            D1,
+            {"date": D1, "token": 1, "region": "region-a"},
             "region-a",
         )
         from memoria.sync import create_backend
@@ -133,12 +137,12 @@ def test_standby_applies_leaders_decrement_once_even_twice_or_late(
         backend.publish_many([again, again])
         # late: the standby is away while the leader decrements two more dates
         standby.stop()
-        assert leader.coordinator.run_decrement("2031-03-02", token=1).ran
-        assert leader.coordinator.run_decrement("2031-03-03", token=1).ran
+        assert leader.coordinator.run_decrement(D2, token=1).ran
+        assert leader.coordinator.run_decrement(D3, token=1).ran
         backend.publish_many([again])  # and an old date arrives after newer ones
         standby.restart()
         wait_for(
-            lambda: standby.store.metadata()["last_decrement_date"] == "2031-03-03",
+            lambda: standby.store.metadata()["last_decrement_date"] == D3,
             what="the late decrements",
         )
         time.sleep(0.5)
@@ -241,7 +245,7 @@ def test_a_peer_update_neither_undoes_nor_repeats_a_decrement(tmp_path: Path) ->
     )
     _remote_update(behind, m.to_payload(), "leader")
     assert leader.run_decrement(
-        "2030-01-01", token=1, region="leader", make_event=lambda _d: None
+        D1, token=1, region="leader", make_event=lambda _d: None
     ).ran
     # the region that has not applied 2030-01-01 yet updates the text: its x is still 0
     updated = behind.update_memory(
@@ -257,9 +261,9 @@ def test_a_peer_update_neither_undoes_nor_repeats_a_decrement(tmp_path: Path) ->
     )
     _remote_update(behind, newer.to_payload(), "leader")
     assert behind.get_memory(m.id).x_coord == -1.0
-    _remote_decrement(behind, "2030-01-01")  # ...then the decrement event itself
+    _remote_decrement(behind, D1)  # ...then the decrement event itself
     assert behind.get_memory(m.id).x_coord == -1.0  # not repeated
-    _remote_decrement(behind, "2030-01-02")
+    _remote_decrement(behind, D2)
     assert behind.get_memory(m.id).x_coord == -2.0
     leader.close()
     behind.close()
