@@ -32,6 +32,7 @@ from .testenv.regions import LEASE, RegionBed, region_bed
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "memoria-demo"
 BOUND = 3  # seconds a leader may be unhealthy before failover
+MIDNIGHT_IN = 20  # seconds after the regions start, by their (offset) clocks
 OPERATOR_ENV = {
     "MEMORIA_OPERATOR_LEASE_DURATION_SECONDS": "3",
     "MEMORIA_OPERATOR_RENEW_INTERVAL_SECONDS": "1",
@@ -87,6 +88,12 @@ def operator_process(plane: LocalControlPlane) -> Iterator[ManagedProcess]:
         proc.stop()
 
 
+def seconds_to_next_midnight() -> float:
+    now = dt.datetime.now(dt.UTC)
+    midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
+    return (midnight - now).total_seconds()
+
+
 def show_regions(t: Timeline, kube: KubeTarget) -> None:
     t.note("$ kubectl get mreg -n memoria-demo -o wide")
     t.note(kube.kubectl("get", "mreg", "-n", NAMESPACE, "-o", "wide").stdout)
@@ -129,16 +136,28 @@ def walk_through(t: Timeline, kube: KubeTarget, bed: RegionBed) -> None:
         f"; the y=12 one: {b.request('GET', f'/memories/{high}')[0] == 200}"
     )
 
-    t.step("The daily decrement runs in the leader only, and reaches the standby as an event")
-    day = (dt.date.today() + dt.timedelta(days=400)).isoformat()
-    refused = b.request("POST", "/admin/decrement", {"date": day})
+    t.step(
+        "Midnight: the leader decrements x_coord of every memory, once; the standby "
+        "applies it from the sync event"
+    )
+    refused = b.request("POST", "/admin/decrement")
     t.note(f"region-b POST /admin/decrement -> {refused[0]}: {refused[1]['detail']}")
     before = x_of(a, mid)
-    done = a.request("POST", "/admin/decrement", {"date": day})[1]
-    t.note(f"region-a POST /admin/decrement {day} -> ran={done['ran']} ({done['rows']} memories)")
+    left = a.health()["scheduler"]["seconds_to_midnight"]
+    t.note(
+        f"x_coord of {mid[:8]} is {before}; the regions' clocks are set so that midnight "
+        f"(UTC) comes in {left:.0f}s"
+    )
+    t.timed(
+        "region-a decremented at midnight", lambda: x_of(a, mid) == before - 1, timeout=left + 30
+    )
     t.timed("region-b applied it", lambda: x_of(b, mid) == before - 1)
-    again = a.request("POST", "/admin/decrement", {"date": day})[1]
-    t.note(f"the same date again -> ran={again['ran']} ({again['reason']}): fenced, once per date")
+    attempt = a.health()["scheduler"]["last_attempt"]
+    again = a.request("POST", "/admin/decrement", {"date": attempt["date"]})[1]
+    t.note(
+        f"{attempt['date']}: {attempt['rows']} memories; the same date again -> "
+        f"ran={again['ran']} ({again['reason']}): fenced, once per date"
+    )
     t.note(f"x_coord of {mid[:8]}: region-a {x_of(a, mid)}, region-b {x_of(b, mid)}")
 
     t.step("Switchover: kubectl annotate mreg region-b memoria.arcafutura.io/promote=...")
@@ -204,6 +223,11 @@ def run(keep: bool) -> int:
             bed = stack.enter_context(
                 region_bed(kube, NAMESPACE, tmp, bound=BOUND, privacy=privacy)
             )
+            # the regions' clocks run a little ahead, so that midnight comes during the demo
+            offset = str(seconds_to_next_midnight() - MIDNIGHT_IN)
+            bed.extra_env = {
+                n: {"MEMORIA_SCHEDULER__CLOCK_OFFSET_SECONDS": offset} for n in bed.ports
+            }
             bed.bring_up()
             walk_through(t, kube, bed)
             if keep:

@@ -22,6 +22,7 @@ from tests.e2e.leadership_harness import (
 from tests.e2e.operator_harness import condition, eventually, get, running_operator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+MIDNIGHT_IN = 30  # seconds after the split-brain regions start, by their clocks
 
 
 def _metadata(bed_dir: Path, name: str) -> dict[str, str]:
@@ -225,18 +226,30 @@ def test_split_brain_is_fenced_in_a_shared_store(
             make_event=lambda _m: None,
         )
     seed.close()
+    # both regions' clocks run ahead so that midnight comes MIDNIGHT_IN s after they start,
+    # while both believe they lead
+    now = dt.datetime.now(dt.UTC)
+    midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
+    offset = (midnight - now).total_seconds() - MIDNIGHT_IN
     with region_bed(
         crd_installed, namespace, tmp_path, start_processes=False, operator=False
     ) as bed:
-        shared = {"MEMORIA_DATABASE__CONNECTION_STRING": store}
-        bed.extra_env = {"region-a": shared, "region-b": shared}
+        # region-a, the one that will be stale, reaches midnight 1.5 s first: it must try
+        # and be refused by its fencing token, not merely find the day already done
+        bed.extra_env = {
+            name: {
+                "MEMORIA_DATABASE__CONNECTION_STRING": store,
+                "MEMORIA_SCHEDULER__CLOCK_OFFSET_SECONDS": f"{offset + ahead:.3f}",
+            }
+            for name, ahead in (("region-a", 1.5), ("region-b", 0.0))
+        }
         with running_operator(crd_installed):
             bed.bring_up(start_processes=False)
             bed.start("region-a", via_proxy=True)
             bed.start("region-b")
             bed.wait_leader("region-a")
         # the operator is gone now; the region processes keep running
-        _split_brain(crd_installed, bed, namespace, store)
+        _split_brain(crd_installed, bed, namespace, store, midnight.date().isoformat())
 
 
 def _x_values(store: str) -> set[float]:
@@ -247,15 +260,17 @@ def _x_values(store: str) -> set[float]:
         check.close()
 
 
-def _split_brain(kube: KubeTarget, bed: RegionBed, namespace: str, store: str) -> None:
-    a, b = bed.processes["region-a"], bed.processes["region-b"]
+def _split_brain(
+    kube: KubeTarget, bed: RegionBed, namespace: str, store: str, new_day: str
+) -> None:
+    a = bed.processes["region-a"]
     eventually(lambda: len(_x_values(store)) == 1, what="start-up decrements settled")
     (before,) = _x_values(store)
     lease = bed.lease()
     token = lease["spec"]["leaseTransitions"]
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     lease["spec"].update(
-        holderIdentity=f"{namespace}/region-a", renewTime=now, leaseDurationSeconds=60
+        holderIdentity=f"{namespace}/region-a", renewTime=now, leaseDurationSeconds=120
     )
     kube.apply(lease)
     time.sleep(0.5)
@@ -265,25 +280,29 @@ def _split_brain(kube: KubeTarget, bed: RegionBed, namespace: str, store: str) -
         holderIdentity=f"{namespace}/region-b",
         renewTime=now,
         leaseTransitions=token + 1,
-        leaseDurationSeconds=60,
+        leaseDurationSeconds=120,
     )
     kube.apply(lease)
     eventually(lambda: bed.leading("region-b") is True, 10, "region-b to lead")
     assert bed.leading("region-a") is True  # split brain: both believe they lead
-    # both decrement the same date, then region-a (the stale one) tries a new date
-    results = {
-        n: p.request("POST", "/admin/decrement", {"date": "2033-03-03"})[1]
-        for n, p in (("a", a), ("b", b))
-    }
-    assert sorted(r["ran"] for r in results.values()) == [False, True], results
-    stale = a.request("POST", "/admin/decrement", {"date": "2033-03-04"})[1]
-    assert (stale["ran"], stale["reason"]) == (False, "stale"), stale
-    assert _x_values(store) == {before - 1}
+    assert a.health()["scheduler"]["seconds_to_midnight"] > 1, "midnight came too early"
+    # midnight: both schedulers try the new day on the shared store
     check = MemoryStore(store)
     try:
-        assert check.metadata()["last_decrement_date"] == "2033-03-03"
+        eventually(
+            lambda: check.metadata()["last_decrement_date"] == new_day,
+            MIDNIGHT_IN + 15,
+            "the midnight decrement",
+        )
+        time.sleep(1.0)  # the other region's attempt, fenced off
+        assert _x_values(store) == {before - 1}  # once, not twice
+        meta = check.metadata()
+        assert meta["last_decrement_by"] == "region-b"  # the newer fencing token won
+        assert meta["fencing_token"] == str(token + 1)
     finally:
         check.close()
+    # the stale leader tried and was refused by its token
+    assert f"decrement for {new_day} refused: fencing token {token}" in a.log_path.read_text()
     bed.proxies["region-a"].heal()
     # a stalled watch is abandoned within ~15 s, then the Lease is read again
     eventually(lambda: bed.leading("region-a") is False, 30, "region-a to step down")

@@ -244,9 +244,7 @@ def test_a_peer_update_neither_undoes_nor_repeats_a_decrement(tmp_path: Path) ->
         make_event=lambda _m: None,
     )
     _remote_update(behind, m.to_payload(), "leader")
-    assert leader.run_decrement(
-        D1, token=1, region="leader", make_event=lambda _d: None
-    ).ran
+    assert leader.run_decrement(D1, token=1, region="leader", make_event=lambda _d: None).ran
     # the region that has not applied 2030-01-01 yet updates the text: its x is still 0
     updated = behind.update_memory(
         m.id, {"text": "edited"}, origin="behind", make_event=lambda _b, _a: None
