@@ -63,19 +63,6 @@ class MemoryPatch(BaseModel):
     namespace: str | None = Field(default=None, min_length=1, max_length=200)
 
 
-class MemoryOut(BaseModel):
-    id: str
-    namespace: str
-    text: str
-    x_coord: float
-    y_coord: float
-    z_coord: float
-    created_at: str
-    updated_at: str
-    version: int
-    origin: str
-
-
 class DecrementIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -147,11 +134,11 @@ async def _is_json(request: Request) -> bool:
 
 
 def _memory_routes(app: FastAPI, runtime: Runtime) -> None:
-    @app.post("/memories", status_code=201, response_model=MemoryOut)
+    @app.post("/memories", status_code=201, response_model=Memory)
     def create_memory(body: MemoryIn) -> dict[str, Any]:
         return _out(runtime.sync.create_memory(**body.model_dump()))
 
-    @app.get("/memories/{memory_id}", response_model=MemoryOut)
+    @app.get("/memories/{memory_id}", response_model=Memory)
     def get_memory(memory_id: str) -> dict[str, Any]:
         try:
             return _out(runtime.store.get_memory(memory_id))
@@ -167,7 +154,7 @@ def _memory_routes(app: FastAPI, runtime: Runtime) -> None:
         items = runtime.store.list_memories(namespace, limit, offset)
         return {"items": [_out(m) for m in items], "count": len(items)}
 
-    @app.patch("/memories/{memory_id}", response_model=MemoryOut)
+    @app.patch("/memories/{memory_id}", response_model=Memory)
     def update_memory(memory_id: str, body: MemoryPatch) -> dict[str, Any]:
         changes = body.model_dump(exclude_none=True)
         if not changes:

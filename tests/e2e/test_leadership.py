@@ -20,6 +20,7 @@ from tests.e2e.leadership_harness import (
     region_manifest,
 )
 from tests.e2e.operator_harness import condition, eventually, get, running_operator
+from tests.integration.test_decrement import _seed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MIDNIGHT_IN = 30  # seconds after the split-brain regions start, by their clocks
@@ -215,16 +216,7 @@ def test_split_brain_is_fenced_in_a_shared_store(
     both processes believe they lead; the shared store still decrements each date once."""
     store = postgres_server.create_database(f"split_{namespace.replace('-', '_')}")
     seed = MemoryStore(store)
-    for i in range(10):
-        seed.create_memory(
-            namespace="s",
-            text=f"m{i}",
-            x_coord=0.0,
-            y_coord=0.0,
-            z_coord=0.0,
-            origin="seed",
-            make_event=lambda _m: None,
-        )
+    _seed(seed, 10)
     seed.close()
     # both regions' clocks run ahead so that midnight comes MIDNIGHT_IN s after they start,
     # while both believe they lead
