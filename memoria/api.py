@@ -149,7 +149,7 @@ def _memory_routes(app: FastAPI, runtime: Runtime) -> None:
     def list_memories(
         namespace: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     ) -> dict[str, Any]:
         items = runtime.store.list_memories(namespace, limit, offset)
         return {"items": [_out(m) for m in items], "count": len(items)}
