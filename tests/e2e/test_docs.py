@@ -28,6 +28,7 @@ DOC_ORDER = [
     "docs/install.md",
     "docs/leadership.md",
     "docs/sync.md",
+    "docs/api.md",
     "docs/operations.md",
     "README.md",
 ]
