@@ -183,6 +183,8 @@ class _PostgresSubscription(Subscription):
             return None
         if not 0 <= i < n <= 10_000:
             return None  # not one of ours
+        if event_id not in self._chunks and len(self._chunks) >= 1000:
+            self._chunks.pop(next(iter(self._chunks)))  # a sender that died mid-event
         parts = self._chunks.setdefault(event_id, [""] * n)
         parts[i] = piece
         if i == n - 1:
@@ -212,8 +214,10 @@ class PostgresSyncBackend(SyncBackend):
         parts = tuple(self.table.split(".")) if self.table else ()
         self.table_ident = sql.Identifier(*parts) if parts else sql.Identifier("")
         self._schema = parts[0] if len(parts) == 2 else None
-        # advisory lock key for this journal: publishers serialise on it until commit
-        self._lock_key = zlib.crc32(f"memoria-journal:{self.table}".encode()) & 0x7FFFFFFF
+        # advisory lock key for this journal: publishers serialise on it until commit. Keyed
+        # by the schema-qualified name, so "x" and "public.x" (one table) share one lock.
+        qualified = ".".join(parts) if len(parts) == 2 else f"public.{self.table}"
+        self._lock_key = zlib.crc32(f"memoria-journal:{qualified}".encode()) & 0x7FFFFFFF
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
         self._journal_ready = False
