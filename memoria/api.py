@@ -173,12 +173,41 @@ def _memory_routes(app: FastAPI, runtime: Runtime) -> None:
         return Response(status_code=204)
 
 
+# PATCH /settings reads its body itself (to answer per key); this documents it
+_SETTINGS_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "additionalProperties": False,
+                    "properties": {
+                        "sync.enabled": {"type": "boolean"},
+                        "sync.backend": {"type": "string", "enum": ["memory", "redis", "postgres"]},
+                        "sync.connection_url": {"type": ["string", "null"]},
+                        "sync.channel": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,63}$"},
+                        "sync.table": {"type": ["string", "null"]},
+                        "sync.privacy_floor": {"type": "integer", "minimum": -15, "maximum": 15},
+                        "sync.privacy_ceiling": {"type": "integer", "minimum": -15, "maximum": 15},
+                        "sync.realtime_replication": {"type": "boolean"},
+                        "decrement_tz": {"type": "string"},
+                        "disable_schedulers": {"type": "boolean"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
 def _settings_routes(app: FastAPI, runtime: Runtime, protected: list[Any]) -> None:
     @app.get("/settings", dependencies=protected)
     def get_settings() -> dict[str, Any]:
         return public_view(runtime.settings)
 
-    @app.patch("/settings", dependencies=protected)
+    @app.patch("/settings", dependencies=protected, openapi_extra=_SETTINGS_BODY)
     async def patch_settings(request: Request) -> JSONResponse:
         raw = await request.body()
         try:
