@@ -12,7 +12,6 @@ every 1 s (tick 0.5 s): the Lease must not outlast the failover bound.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -22,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
-from memoria_operator.testenv import LocalControlPlane, ManagedProcess, ensure_binaries  # noqa: E402
-from memoria_operator.testenv.cluster import install_crd  # noqa: E402
+from memoria_operator.testenv import LocalControlPlane, ensure_binaries  # noqa: E402
+from memoria_operator.testenv.cluster import install_crd, start_operator  # noqa: E402
 from memoria_operator.testenv.kube import KubeTarget  # noqa: E402
 from memoria_operator.testenv.regions import region_bed  # noqa: E402
 
@@ -66,14 +65,10 @@ def main() -> None:
     try:
         install_crd(kube, ROOT / "crds" / "memoriaregion.yaml")
         ns = kube.create_namespace("bench")
-        env = {**os.environ, **TIMINGS, "KUBECONFIG": str(plane.kubeconfig)}
-        operator = ManagedProcess(
-            "operator",
-            [sys.executable, "-m", "memoria_operator", "run", "--no-leader-election"],
-            plane.workdir / "operator.log",
-            env=env,
+        env = TIMINGS
+        operator = start_operator(
+            plane.kubeconfig, plane.workdir / "operator.log", env, "--no-leader-election"
         )
-        operator.start()
         with region_bed(kube, ns, tmp, bound=args.bound) as bed:
             bed.bring_up()
             leader, standby = "region-a", "region-b"

@@ -13,7 +13,6 @@ The operator runs as its own process (``memoria-operator run``), as in a cluster
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import threading
@@ -26,8 +25,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
-from memoria_operator.testenv import LocalControlPlane, ManagedProcess, ensure_binaries  # noqa: E402
-from memoria_operator.testenv.cluster import install_crd  # noqa: E402
+from memoria_operator.testenv import LocalControlPlane, ensure_binaries  # noqa: E402
+from memoria_operator.testenv.cluster import install_crd, start_operator  # noqa: E402
 from memoria_operator.testenv.kube import KubeTarget  # noqa: E402
 
 
@@ -92,19 +91,10 @@ def main() -> None:
     operator = None
     try:
         install_crd(kube, ROOT / "crds" / "memoriaregion.yaml")
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(plane.kubeconfig),
-            "MEMORIA_OPERATOR_METRICS_PORT": "0",
-            "MEMORIA_OPERATOR_RESYNC_SECONDS": "60",
-        }
-        operator = ManagedProcess(
-            "operator",
-            [sys.executable, "-m", "memoria_operator", "run", "--no-leader-election"],
-            plane.workdir / "operator.log",
-            env=env,
+        env = {"MEMORIA_OPERATOR_METRICS_PORT": "0", "MEMORIA_OPERATOR_RESYNC_SECONDS": "60"}
+        operator = start_operator(
+            plane.kubeconfig, plane.workdir / "operator.log", env, "--no-leader-election"
         )
-        operator.start()
         assert operator.pid is not None
         time.sleep(3)  # let kopf list and start its watches
 

@@ -15,7 +15,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -32,6 +32,17 @@ class Action(StrEnum):
 class EntityType(StrEnum):
     MEMORY = "memory"
     SCHEDULE = "schedule"
+
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _member(enum: type[_E], data: dict[str, Any], field: str) -> _E:
+    try:
+        return enum(data[field])
+    except ValueError:
+        allowed = ", ".join(m.value for m in enum)
+        raise EventFormatError(f"unknown {field} {data[field]!r} (allowed: {allowed})") from None
 
 
 def _now() -> dt.datetime:
@@ -83,20 +94,8 @@ class SyncEvent:
         ]
         if missing:
             raise EventFormatError(f"missing fields: {', '.join(missing)}")
-        try:
-            action = Action(data["action"])
-        except ValueError:
-            allowed = ", ".join(a.value for a in Action)
-            raise EventFormatError(
-                f"unknown action {data['action']!r} (allowed: {allowed})"
-            ) from None
-        try:
-            entity_type = EntityType(data["entity_type"])
-        except ValueError:
-            allowed = ", ".join(e.value for e in EntityType)
-            raise EventFormatError(
-                f"unknown entity_type {data['entity_type']!r} (allowed: {allowed})"
-            ) from None
+        action = _member(Action, data, "action")
+        entity_type = _member(EntityType, data, "entity_type")
         for name in ("namespace", "entity_id", "origin"):
             if not isinstance(data[name], str) or not data[name]:
                 raise EventFormatError(f"{name} must be a non-empty string")

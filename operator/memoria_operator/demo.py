@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .testenv import LocalControlPlane, ManagedProcess, ensure_binaries
-from .testenv.cluster import eventually, install_crd
+from .testenv.cluster import eventually, install_crd, start_operator
 from .testenv.kube import KubeTarget
 from .testenv.regions import LEASE, RegionBed, region_bed
 
@@ -69,19 +68,13 @@ class Timeline:
 
 @contextmanager
 def operator_process(plane: LocalControlPlane) -> Iterator[ManagedProcess]:
-    env = {
-        **os.environ,
-        **OPERATOR_ENV,
-        "KUBECONFIG": str(plane.kubeconfig),
-        "MEMORIA_OPERATOR_ELECTION_NAMESPACE": NAMESPACE,
-    }
-    proc = ManagedProcess(
-        "memoria-operator",
-        [sys.executable, "-m", "memoria_operator", "run", "-n", NAMESPACE],
+    proc = start_operator(
+        plane.kubeconfig,
         plane.workdir / "operator.log",
-        env=env,
+        {**OPERATOR_ENV, "MEMORIA_OPERATOR_ELECTION_NAMESPACE": NAMESPACE},
+        "-n",
+        NAMESPACE,
     )
-    proc.start()
     try:
         yield proc
     finally:

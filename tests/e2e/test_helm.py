@@ -4,9 +4,7 @@ privilege proven by running the operator with the chart's ServiceAccount."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ import pytest
 import yaml
 
 from memoria_operator.testenv import Binaries, ManagedProcess
+from memoria_operator.testenv.cluster import start_operator
 from memoria_operator.testenv.kube import KubeTarget
 from tests.conftest import REPO
 from tests.e2e.operator_harness import TEST_ENV, condition, eventually, get, mark_available, secret
@@ -206,17 +205,11 @@ def _run_operator(
     kube: KubeTarget, kubeconfig: Path, release_ns: str, release: str, watch_ns: str, log: Path
 ) -> ManagedProcess:
     env = {
-        **os.environ,
         **TEST_ENV,
-        "KUBECONFIG": str(kubeconfig),
         "MEMORIA_OPERATOR_ELECTION_NAMESPACE": release_ns,
         "MEMORIA_OPERATOR_ELECTION_LEASE_NAME": f"{release}-memoria-operator",
     }
-    proc = ManagedProcess(
-        "operator", [sys.executable, "-m", "memoria_operator", "run", "-n", watch_ns], log, env=env
-    )
-    proc.start()
-    return proc
+    return start_operator(kubeconfig, log, env, "-n", watch_ns)
 
 
 def _scenario(kube: KubeTarget, ns: str, timeout: float) -> str | None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from memoria_operator.testenv import ManagedProcess, free_port
-from memoria_operator.testenv.cluster import mark_available
+from memoria_operator.testenv.cluster import mark_available, start_operator
 from memoria_operator.testenv.kube import KubeTarget
 from tests.e2e.operator_harness import TEST_ENV, eventually, get
 from tests.e2e.test_crd import region
@@ -22,20 +20,13 @@ def _operator(
     kube: KubeTarget, namespace: str, tmp: Path, n: int, metrics_port: int = 0
 ) -> ManagedProcess:
     env = {
-        **os.environ,
         **TEST_ENV,
-        "KUBECONFIG": str(kube.kubeconfig),
         "MEMORIA_OPERATOR_ELECTION_NAMESPACE": namespace,
         "MEMORIA_OPERATOR_METRICS_PORT": str(metrics_port),
     }
-    proc = ManagedProcess(
-        f"operator-{n}",
-        [sys.executable, "-m", "memoria_operator", "run", "-n", namespace],
-        tmp / f"operator-{n}.log",
-        env=env,
+    return start_operator(
+        kube.kubeconfig, tmp / f"operator-{n}.log", env, "-n", namespace, name=f"operator-{n}"
     )
-    proc.start()
-    return proc
 
 
 def _scrape(port: int, needle: str) -> str | None:

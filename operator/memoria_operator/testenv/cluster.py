@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .kube import KubeTarget
+from .processes import ManagedProcess
 
 
 def eventually(
@@ -27,6 +30,21 @@ def eventually(
             last = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def start_operator(
+    kubeconfig: Path, log: Path, env: dict[str, str], *args: str, name: str = "memoria-operator"
+) -> ManagedProcess:
+    """``memoria-operator run <args>`` as its own process, as it runs in a cluster; ``env``
+    (MEMORIA_OPERATOR_* settings) is added to this process's environment."""
+    proc = ManagedProcess(
+        name,
+        [sys.executable, "-m", "memoria_operator", "run", *args],
+        log,
+        env={**os.environ, **env, "KUBECONFIG": str(kubeconfig)},
+    )
+    proc.start()
+    return proc
 
 
 def install_crd(kube: KubeTarget, crd: Path) -> None:
