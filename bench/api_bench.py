@@ -15,16 +15,12 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
-
-from memoria.store import MemoryStore  # noqa: E402
-from memoria_operator.testenv import MemoriaProcess, PostgresServer  # noqa: E402
+from memoria.store import MemoryStore
+from testbed import MemoriaProcess, PostgresServer
 
 LUA = """
 wrk.method = "POST"

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
-
-from memoria_operator.testenv import LocalControlPlane, ensure_binaries  # noqa: E402
-from memoria_operator.testenv.cluster import install_crd, start_operator  # noqa: E402
-from memoria_operator.testenv.kube import KubeTarget  # noqa: E402
-from memoria_operator.testenv.regions import region_bed  # noqa: E402
+from testbed import LocalControlPlane, ensure_binaries
+from testbed.cluster import install_crd, start_operator
+from testbed.kube import KubeTarget
+from testbed.paths import CRD
+from testbed.regions import region_bed
 
 TIMINGS = {
     "MEMORIA_OPERATOR_LEASE_DURATION_SECONDS": "4",
@@ -63,7 +60,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="memoria-leaderbench-"))
     operator = None
     try:
-        install_crd(kube, ROOT / "crds" / "memoriaregion.yaml")
+        install_crd(kube, CRD)
         ns = kube.create_namespace("bench")
         env = TIMINGS
         operator = start_operator(

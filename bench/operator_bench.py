@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,12 +21,10 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
-
-from memoria_operator.testenv import LocalControlPlane, ensure_binaries  # noqa: E402
-from memoria_operator.testenv.cluster import install_crd, start_operator  # noqa: E402
-from memoria_operator.testenv.kube import KubeTarget  # noqa: E402
+from testbed import LocalControlPlane, ensure_binaries
+from testbed.cluster import install_crd, start_operator
+from testbed.kube import KubeTarget
+from testbed.paths import CRD
 
 
 def region(name: str) -> dict[str, Any]:
@@ -90,7 +87,7 @@ def main() -> None:
     kube = KubeTarget(plane.kubeconfig, binaries.kubectl, "local", plane)
     operator = None
     try:
-        install_crd(kube, ROOT / "crds" / "memoriaregion.yaml")
+        install_crd(kube, CRD)
         env = {"MEMORIA_OPERATOR_METRICS_PORT": "0", "MEMORIA_OPERATOR_RESYNC_SECONDS": "60"}
         operator = start_operator(
             plane.kubeconfig, plane.workdir / "operator.log", env, "--no-leader-election"

@@ -24,14 +24,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
-
-from memoria.sync.base import SyncBackend  # noqa: E402
-from memoria.sync.events import Action, EntityType, SyncEvent  # noqa: E402
-from memoria.sync.postgres import PostgresSyncBackend  # noqa: E402
-from memoria.sync.redis import RedisSyncBackend  # noqa: E402
-from memoria_operator.testenv import PostgresServer, RedisServer  # noqa: E402
+from memoria.sync.base import SyncBackend
+from memoria.sync.events import Action, EntityType, SyncEvent
+from memoria.sync.postgres import PostgresSyncBackend
+from memoria.sync.redis import RedisSyncBackend
+from testbed import PostgresServer, RedisServer
 
 PAYLOAD_BYTES = 300
 

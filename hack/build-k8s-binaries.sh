@@ -2,7 +2,7 @@
 # Build etcd, kube-apiserver, kubectl and helm from the Go module proxy and cache them under
 # ~/.cache/memoria-operator/bin/<name>-<version>/ (override with MEMORIA_BIN_CACHE). A second run
 # with the same versions builds nothing. Prints NAME=path lines on stdout for the callers
-# (memoria_operator.testenv, the demo, .ci/run); progress goes to stderr.
+# (testbed, the demo, .ci/run); progress goes to stderr.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash hack/bootstrap.sh
-exec .venv/bin/python -m memoria_operator.demo "$@"
+exec .venv/bin/python -m testbed.demo "$@"

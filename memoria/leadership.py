@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .contract import GROUP, PLURAL, PROMOTE_ANNOTATION, VERSION, load_api_client
 from .errors import LeadershipError, NotConfigured
 from .scheduler import Leadership
 from .settings import LeadershipSettings
@@ -26,27 +27,19 @@ from .sync.base import Backoff
 
 log = logging.getLogger("memoria.leadership")
 
-PROMOTE_ANNOTATION = "memoria.arcafutura.io/promote"
 # Each watch lasts this long on the server, and a read that sees no byte for 5 s more is
 # abandoned: a connection that stalls silently (a real partition drops packets, it does not
 # close sockets) is noticed within about 15 s, and the Lease re-read.
-GROUP, VERSION, PLURAL = "memoria.arcafutura.io", "v1alpha1", "memoriaregions"
 _WATCH_WINDOW = 10
 
 
 def load_kube_config(kubeconfig: str | None) -> Any:
     """An ApiClient: in-cluster credentials inside a pod, otherwise the given kubeconfig,
     $KUBECONFIG or ~/.kube/config."""
-    import os
-
-    from kubernetes import client, config
+    from kubernetes import config
 
     try:
-        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-            return client.ApiClient()
-        path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-        return config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
+        return load_api_client(kubeconfig)
     except (config.ConfigException, FileNotFoundError, OSError) as exc:
         raise NotConfigured(f"no Kubernetes credentials: {exc}") from None
 

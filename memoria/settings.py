@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .contract import STORE_URL_SCHEMES, SYNC_URL_SCHEMES
 from .errors import SettingsError
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,7 @@ class SyncSettings(BaseModel):
         backend = info.data.get("backend")
         url = value.get_secret_value() if value else ""
         schemes = (
-            {
-                SyncBackendName.REDIS: ("redis://", "rediss://", "unix://"),
-                SyncBackendName.POSTGRES: ("postgresql://", "postgres://"),
-            }.get(backend)
-            if isinstance(backend, SyncBackendName)
-            else None
+            SYNC_URL_SCHEMES.get(backend.value) if isinstance(backend, SyncBackendName) else None
         )
         if url and schemes and not url.startswith(schemes):
             raise ValueError(
@@ -131,7 +127,7 @@ class DatabaseSettings(BaseModel):
     @classmethod
     def _scheme(cls, value: SecretStr) -> SecretStr:
         url = value.get_secret_value()
-        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        if not url.startswith(STORE_URL_SCHEMES):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return value
 

@@ -17,19 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from memoria_operator.testenv import (
+from testbed import (
     Binaries,
     LocalControlPlane,
     PostgresServer,
     RedisServer,
     ensure_binaries,
 )
-from memoria_operator.testenv.cluster import install_crd
-from memoria_operator.testenv.kube import KubeTarget, kubectl_binary
-
-REPO = Path(__file__).resolve().parents[1]
-CRD = REPO / "crds" / "memoriaregion.yaml"
-SAMPLES = REPO / "crds" / "samples"
+from testbed.cluster import install_crd
+from testbed.kube import KubeTarget, kubectl_binary
+from testbed.paths import CRD
 
 
 @pytest.fixture(scope="session")

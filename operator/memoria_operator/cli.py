@@ -14,10 +14,12 @@ from memoria.errors import SettingsError
 def run(namespaces: list[str], liveness: str | None, leader_election: bool) -> int:
     import kopf
 
+    from memoria.contract import load_api_client
+
     from . import handlers  # noqa: F401 - registers the handlers
     from .config import load_config
     from .election import OperatorElection
-    from .kube import Kube, load_api_client
+    from .kube import Kube
 
     try:
         config = load_config()

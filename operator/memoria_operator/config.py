@@ -5,20 +5,36 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from memoria.contract import (
+    API_VERSION,
+    FENCED_ANNOTATION,
+    GROUP,
+    HANDOVER_ANNOTATION,
+    KIND,
+    PLURAL,
+    PROMOTE_ANNOTATION,
+    REASON_ANNOTATION,
+    VERSION,
+)
 from memoria.errors import SettingsError
 from memoria.settings import describe_validation_error
 
-GROUP = "memoria.arcafutura.io"
-VERSION = "v1alpha1"
-PLURAL = "memoriaregions"
-KIND = "MemoriaRegion"
-API_VERSION = f"{GROUP}/{VERSION}"
-FIELD_MANAGER = "memoria-operator"
+__all__ = [
+    "API_VERSION",
+    "FENCED_ANNOTATION",
+    "FIELD_MANAGER",
+    "GROUP",
+    "HANDOVER_ANNOTATION",
+    "KIND",
+    "PLURAL",
+    "PROMOTE_ANNOTATION",
+    "REASON_ANNOTATION",
+    "VERSION",
+    "OperatorConfig",
+    "load_config",
+]
 
-PROMOTE_ANNOTATION = f"{GROUP}/promote"
-FENCED_ANNOTATION = f"{GROUP}/fenced"
-HANDOVER_ANNOTATION = f"{GROUP}/handover-to"
-REASON_ANNOTATION = f"{GROUP}/transition-reason"
+FIELD_MANAGER = "memoria-operator"
 
 
 class OperatorConfig(BaseSettings):

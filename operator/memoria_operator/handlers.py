@@ -12,8 +12,10 @@ from typing import Any
 
 import kopf
 
+from memoria.contract import in_cluster, load_api_client
+
 from .config import GROUP, PLURAL, VERSION, load_config
-from .kube import Kube, load_api_client, region_path
+from .kube import Kube, region_path
 from .leadership import LeadershipManager
 from .metrics import OperatorMetrics
 from .reconcile import Reconciler
@@ -28,7 +30,7 @@ RESYNC_SECONDS = float(os.environ.get("MEMORIA_OPERATOR_RESYNC_SECONDS", "30"))
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In-cluster credentials in a pod, else $KUBECONFIG as it is now (kopf's default login
     through the kubernetes client would read the path fixed when that package was imported)."""
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+    if in_cluster():
         return kopf.login_with_service_account(**kwargs)
     return kopf.login_with_kubeconfig(**kwargs)
 

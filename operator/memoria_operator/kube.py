@@ -11,12 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from .config import FIELD_MANAGER, GROUP, PLURAL, VERSION
@@ -49,16 +47,6 @@ def path_for(api_version: str, kind: str, namespace: str, name: str | None = Non
 
 def region_path(namespace: str, name: str) -> str:
     return path_for(f"{GROUP}/{VERSION}", "MemoriaRegion", namespace, name)
-
-
-def load_api_client(kubeconfig: str | None = None) -> Any:
-    """In-cluster credentials inside a pod; otherwise the given kubeconfig, $KUBECONFIG, or
-    ~/.kube/config (read at call time, not when the kubernetes package was imported)."""
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
-    path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-    return config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
 
 
 class Kube:

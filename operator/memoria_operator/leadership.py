@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from memoria.contract import lease_name
+
 from . import conditions as c
 from .config import HANDOVER_ANNOTATION, REASON_ANNOTATION, OperatorConfig
 from .health import Health, HealthTracker
@@ -409,9 +411,7 @@ class LeadershipManager:
     async def step(
         self, namespace: str, group: str, members: dict[str, Region], health: dict[str, Health]
     ) -> None:
-        lease_path = path_for(
-            "coordination.k8s.io/v1", "Lease", namespace, f"memoria-scheduler-{group}"
-        )
+        lease_path = path_for("coordination.k8s.io/v1", "Lease", namespace, lease_name(group))
         lease = await asyncio.to_thread(self.kube.get, lease_path)
         view = GroupView(
             namespace,
@@ -436,7 +436,7 @@ class LeadershipManager:
     # -- effects -----------------------------------------------------------------------------
 
     def _write_lease(self, view: GroupView, decision: Decision) -> dict[str, Any]:
-        name = f"memoria-scheduler-{view.group}"
+        name = lease_name(view.group)
         now = micro_time(view.now)
         lease = view.lease or {
             "apiVersion": "coordination.k8s.io/v1",
@@ -545,7 +545,7 @@ class LeadershipManager:
         annotations = ((lease or {}).get("metadata") or {}).get("annotations") or {}
         holder = spec.get("holderIdentity") or ""
         leadership = {
-            "lease": f"memoria-scheduler-{view.group}",
+            "lease": lease_name(view.group),
             "holder": holder,
             "transitions": int(spec.get("leaseTransitions") or 0),
         }

@@ -12,6 +12,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from memoria.contract import holder_identity, lease_name, url_scheme_problem
+
 from .config import FENCED_ANNOTATION, PROMOTE_ANNOTATION
 
 
@@ -114,7 +116,7 @@ class Region(_Model):
     @property
     def key(self) -> str:
         """``<namespace>/<name>``: the Lease holder identity of this region."""
-        return f"{self.namespace}/{self.name}"
+        return holder_identity(self.namespace, self.name)
 
     @property
     def group_key(self) -> tuple[str, str]:
@@ -122,7 +124,7 @@ class Region(_Model):
 
     @property
     def lease_name(self) -> str:
-        return f"memoria-scheduler-{self.spec.group}"
+        return lease_name(self.spec.group)
 
     @property
     def workload_name(self) -> str:
@@ -166,17 +168,7 @@ def config_problems(spec: RegionSpec) -> list[tuple[str, str]]:
         )
     url = spec.sync.connection_url
     if url is not None:
-        expected = (
-            ("redis://", "rediss://")
-            if spec.sync.backend == "redis"
-            else ("postgres://", "postgresql://")
-        )
-        if not url.startswith(expected):
-            problems.append(
-                (
-                    "ConnectionUrlMismatch",
-                    f"spec.sync.connectionUrl is not a "
-                    f"{spec.sync.backend} URL (expected {' or '.join(expected)})",
-                )
-            )
+        problem = url_scheme_problem(url, spec.sync.backend)
+        if problem:
+            problems.append(("ConnectionUrlMismatch", f"spec.sync.connectionUrl is {problem}"))
     return problems

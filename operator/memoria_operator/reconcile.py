@@ -21,6 +21,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from memoria.contract import POSTGRES_URL_SCHEMES, url_scheme_problem
+
 from . import conditions as c
 from .kube import Kube, path_for
 from .metrics import OperatorMetrics
@@ -56,19 +58,11 @@ def _secret_problem(kube: Kube, region: Region) -> tuple[str, str] | None:
         if not value:
             return c.SECRET_INVALID, f"{where}: key {ref.key!r} is empty"
         if field_path == "spec.sync.connectionSecretRef":
-            schemes = (
-                ("redis://", "rediss://")
-                if region.spec.sync.backend == "redis"
-                else ("postgres://", "postgresql://")
-            )
-            if not value.startswith(schemes):
-                return c.SECRET_INVALID, (
-                    f"{where}: key {ref.key!r} is not a "
-                    f"{region.spec.sync.backend} URL (expected "
-                    f"{' or '.join(schemes)})"
-                )
+            problem = url_scheme_problem(value, region.spec.sync.backend)
+            if problem:
+                return c.SECRET_INVALID, f"{where}: key {ref.key!r} is {problem}"
         if field_path == "spec.store.connectionSecretRef" and not value.startswith(
-            ("postgres://", "postgresql://")
+            POSTGRES_URL_SCHEMES
         ):
             return c.SECRET_INVALID, f"{where}: key {ref.key!r} is not a postgresql:// URL"
     return None

@@ -1,4 +1,4 @@
-"""The two-region bed of memoria_operator.testenv.regions, with the in-process operator."""
+"""The two-region bed of testbed.regions, with the in-process operator."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from memoria_operator.testenv.kube import KubeTarget
-from memoria_operator.testenv.regions import (  # noqa: F401 - re-exported for the tests
+from testbed.kube import KubeTarget
+from testbed.regions import (  # noqa: F401 - re-exported for the tests
     LEASE,
     LeadershipSampler,
     RegionBed,
     leadership_log,
     region_manifest,
 )
-from memoria_operator.testenv.regions import region_bed as _region_bed
+from testbed.regions import region_bed as _region_bed
 from tests.e2e.operator_harness import running_operator
 
 

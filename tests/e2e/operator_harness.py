@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from kopf.testing import KopfRunner
 
-from memoria_operator.testenv.cluster import (  # noqa: F401 - re-exported for the tests
+from testbed.cluster import (  # noqa: F401 - re-exported for the tests
     condition,
     env_of,
     events_for,
@@ -17,7 +17,7 @@ from memoria_operator.testenv.cluster import (  # noqa: F401 - re-exported for t
     mark_available,
     secret,
 )
-from memoria_operator.testenv.kube import KubeTarget
+from testbed.kube import KubeTarget
 
 # fast timings for tests (the decorators read RESYNC at import, so set before importing)
 TEST_ENV = {

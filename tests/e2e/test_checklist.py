@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from memoria.store import MemoryStore
-from memoria_operator.testenv import MemoriaProcess
-from memoria_operator.testenv.kube import KubeTarget
-from memoria_operator.testenv.regions import PG_TABLE, RegionBed
+from testbed import MemoriaProcess
+from testbed.kube import KubeTarget
+from testbed.regions import PG_TABLE, RegionBed
 from tests.e2e.leadership_harness import region_bed
 from tests.e2e.operator_harness import eventually
 

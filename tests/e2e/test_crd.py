@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from memoria_operator.testenv.kube import KubeTarget
-from tests.conftest import SAMPLES
+from testbed.kube import KubeTarget
+from testbed.paths import SAMPLES
 
 pytestmark = pytest.mark.e2e
 

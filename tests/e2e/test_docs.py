@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from memoria_operator.testenv import Binaries
-from memoria_operator.testenv.cluster import mark_available
-from memoria_operator.testenv.kube import KubeTarget
-from tests.conftest import REPO
+from testbed import Binaries
+from testbed.cluster import mark_available
+from testbed.kube import KubeTarget
+from testbed.paths import REPO
 from tests.e2e.operator_harness import running_operator
 
 pytestmark = pytest.mark.e2e

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from memoria_operator.testenv import Binaries, ManagedProcess
-from memoria_operator.testenv.cluster import start_operator
-from memoria_operator.testenv.kube import KubeTarget
-from tests.conftest import REPO
+from testbed import Binaries, ManagedProcess
+from testbed.cluster import start_operator
+from testbed.kube import KubeTarget
+from testbed.paths import REPO
 from tests.e2e.operator_harness import TEST_ENV, condition, eventually, get, mark_available, secret
 
 pytestmark = pytest.mark.e2e

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from memoria.store import MemoryStore
-from memoria_operator.testenv import PostgresServer
-from memoria_operator.testenv.kube import KubeTarget
+from testbed import PostgresServer
+from testbed.kube import KubeTarget
 from tests.e2e.leadership_harness import (
     LEASE,
     LeadershipSampler,

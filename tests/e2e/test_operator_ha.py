@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from memoria_operator.testenv import ManagedProcess, free_port
-from memoria_operator.testenv.cluster import mark_available, start_operator
-from memoria_operator.testenv.kube import KubeTarget
+from testbed import ManagedProcess, free_port
+from testbed.cluster import mark_available, start_operator
+from testbed.kube import KubeTarget
 from tests.e2e.operator_harness import TEST_ENV, eventually, get
 from tests.e2e.test_crd import region
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from kopf.testing import KopfRunner
 
-from memoria_operator.testenv.kube import KubeTarget
-from tests.conftest import SAMPLES
+from testbed.kube import KubeTarget
+from testbed.paths import SAMPLES
 from tests.e2e.operator_harness import (
     condition,
     env_of,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from memoria_operator.testenv.kube import KubeTarget
+from testbed.kube import KubeTarget
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""``python -m memoria_operator.testenv up|down`` leaves nothing behind."""
+"""``python -m testbed up|down`` leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from memoria_operator.testenv import Binaries
+from testbed import Binaries
 
 pytestmark = pytest.mark.e2e
 
 
 def _run(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "memoria_operator.testenv", *args],
+        [sys.executable, "-m", "testbed", *args],
         capture_output=True,
         text=True,
         timeout=180,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from memoria_operator.testenv import MemoriaProcess
+from testbed import MemoriaProcess
 
 pytestmark = pytest.mark.integration
 

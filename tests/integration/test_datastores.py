@@ -6,7 +6,7 @@ import psycopg
 import pytest
 import redis
 
-from memoria_operator.testenv import PostgresServer, RedisServer, wait_until
+from testbed import PostgresServer, RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 
 from memoria.store import MemoryStore
 from memoria.sync.events import Action, EntityType, SyncEvent
-from memoria_operator.testenv import MemoriaProcess, PostgresServer, RedisServer
+from testbed import MemoriaProcess, PostgresServer, RedisServer
 from tests.integration.regions import Broker, two_regions, wait_for
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from memoria.store import MemoryStore
-from memoria_operator.testenv import MemoriaProcess, RedisServer
+from testbed import MemoriaProcess, RedisServer
 from tests.integration.regions import Broker, Region, sqlite_url, wait_for
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import pytest
 
 from memoria.store import MemoryStore
 from memoria.sync.events import Action, EntityType, SyncEvent
-from memoria_operator.testenv import PostgresServer
+from testbed import PostgresServer
 
 pytestmark = pytest.mark.integration
 

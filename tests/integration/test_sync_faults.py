@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import redis
 
-from memoria_operator.testenv import PostgresServer, RedisServer
+from testbed import PostgresServer, RedisServer
 from tests.integration.regions import Broker, Region, two_regions, wait_for
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from memoria_operator.testenv import PostgresServer, RedisServer
+from testbed import PostgresServer, RedisServer
 from tests.integration.regions import Broker, Region, two_regions, wait_for
 
 pytestmark = pytest.mark.integration

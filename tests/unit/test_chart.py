@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import REPO
+from testbed.paths import REPO
 
 
 def test_chart_crd_is_identical_to_the_source() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from testbed.paths import REPO
 
 
 def test_crd_reference_is_up_to_date() -> None:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import copy
 import os
-from pathlib import Path
 from typing import Any
 
 import pydantic
 import pytest
 import yaml
 
+from memoria.contract import SYNC_URL_SCHEMES
 from memoria.settings import SyncBackendName, load_settings
 from memoria_operator import render
 from memoria_operator.model import Region, RegionSpec, SecretKeyRef, config_problems
+from testbed.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "memoriaregion.yaml"
 DEFAULT_IMAGE = "registry.example/memoria:9.9.9"
 
@@ -380,7 +380,7 @@ def test_connection_url_must_match_the_backend(backend: str, url: str, ok: bool)
         assert problems == []
     else:
         assert [p[0] for p in problems] == ["ConnectionUrlMismatch"]
-        expected = "redis:// or rediss://" if backend == "redis" else "postgres:// or postgresql://"
+        expected = " or ".join(SYNC_URL_SCHEMES[backend])
         assert f"not a {backend} URL (expected {expected})" in problems[0][1]
 
 
@@ -885,3 +885,16 @@ def test_render_is_deterministic_and_does_not_touch_the_region() -> None:
     first[4]["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "X"})
     assert render.render_all(r, DEFAULT_IMAGE) == expected
     assert r.model_dump() == before
+
+
+def test_the_crd_accepts_exactly_the_contract_s_sync_schemes() -> None:
+    """The CRD's CEL rule and memoria.contract agree: a scheme the runtime accepts is not
+    refused by the API server, and the other way round."""
+    crd = yaml.safe_load((REPO / "crds" / "memoriaregion.yaml").read_text())
+    sync = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"
+    ]["sync"]
+    rules = [v["rule"] for v in sync["properties"]["connectionUrl"]["x-kubernetes-validations"]]
+    alternatives = rules[0].split("'^(")[1].split(")://'")[0].split("|")
+    schemes = {s for group in SYNC_URL_SCHEMES.values() for s in group}
+    assert {f"{a}://" for a in alternatives} == schemes

@@ -23,12 +23,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from .testenv import LocalControlPlane, ManagedProcess, ensure_binaries
-from .testenv.cluster import eventually, install_crd, start_operator
-from .testenv.kube import KubeTarget
-from .testenv.regions import LEASE, RegionBed, region_bed
+from . import LocalControlPlane, ManagedProcess, ensure_binaries
+from .cluster import eventually, install_crd, start_operator
+from .kube import KubeTarget
+from .paths import CRD
+from .regions import LEASE, RegionBed, region_bed
 
-REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "memoria-demo"
 BOUND = 3  # seconds a leader may be unhealthy before failover
 MIDNIGHT_IN = 20  # seconds after the regions start, by their (offset) clocks
@@ -203,7 +203,7 @@ def run(keep: bool) -> int:
             plane.start()
             kube = KubeTarget(plane.kubeconfig, binaries.kubectl, "local", plane)
             t.note(f"kube-apiserver {plane.server}; KUBECONFIG={plane.kubeconfig}")
-            install_crd(kube, REPO / "crds" / "memoriaregion.yaml")
+            install_crd(kube, CRD)
             kube.kubectl("create", "namespace", NAMESPACE)
             t.step("Starting the operator, Redis (primary + replica) and two MemoriaRegions")
             stack.enter_context(operator_process(plane))
@@ -236,7 +236,7 @@ def run(keep: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m memoria_operator.demo",
+        prog="python -m testbed.demo",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

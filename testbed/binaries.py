@@ -13,8 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-BUILD_SCRIPT = REPO_ROOT / "hack" / "build-k8s-binaries.sh"
+from .paths import BUILD_SCRIPT
 
 
 class BinariesUnavailable(RuntimeError):

@@ -1,4 +1,4 @@
-"""``python -m memoria_operator.testenv up|down|status``: a local control plane for humans.
+"""``python -m testbed up|down|status``: a local control plane for humans.
 
 ``up`` starts etcd, kube-apiserver and kube-controller-manager in the background, prints the path
 of an admin kubeconfig and returns; ``down`` stops them and removes their directory. One control
@@ -73,7 +73,7 @@ def status() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m memoria_operator.testenv", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m testbed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start the control plane and print the kubeconfig path")
     p_up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for /readyz")
