@@ -65,6 +65,7 @@ class StoreSpec(_Model):
 class FailoverSpec(_Model):
     health_url: str | None = Field(default=None, alias="healthUrl")
     probe_service: bool = Field(default=False, alias="probeService")
+    probe_pods: bool = Field(default=True, alias="probePods")
     unhealthy_after_seconds: int = Field(default=10, alias="unhealthyAfterSeconds")
     eligible: bool = True
 
