@@ -52,7 +52,7 @@ def run(namespaces: list[str], liveness: str | None, leader_election: bool) -> i
             kopf.operator(
                 clusterwide=not namespaces,
                 namespaces=namespaces,
-                liveness_endpoint=liveness,
+                # no liveness_endpoint: LIVENESS above already serves that port
                 standalone=True,
             )
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -22,16 +23,35 @@ from .reconcile import Reconciler
 
 REGIONS = (GROUP, VERSION, PLURAL)
 MANAGED = {"app.kubernetes.io/managed-by": "memoria-operator"}
-# decorators need it at import time; the Helm chart sets the same variable for both
-RESYNC_SECONDS = float(os.environ.get("MEMORIA_OPERATOR_RESYNC_SECONDS", "30"))
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+log = logging.getLogger("memoria_operator.handlers")
 
 
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In-cluster credentials in a pod, else $KUBECONFIG as it is now (kopf's default login
-    through the kubernetes client would read the path fixed when that package was imported)."""
+    through the kubernetes client would read the path fixed when that package was imported).
+
+    In a pod, the API server is the one the kubelet names in ``KUBERNETES_SERVICE_HOST`` and
+    ``_PORT``, as for our own clients (memoria.contract.load_api_client): kopf's own
+    service-account login dials ``kubernetes.default.svc``, which needs cluster DNS, so the
+    operator and its election could otherwise talk to two different addresses."""
     if in_cluster():
-        return kopf.login_with_service_account(**kwargs)
+        host = os.environ["KUBERNETES_SERVICE_HOST"]
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        if ":" in host:  # an IPv6 address
+            host = f"[{host}]"
+        namespace_file = SERVICE_ACCOUNT_DIR / "namespace"
+        return kopf.ConnectionInfo(
+            server=f"https://{host}:{port}",
+            ca_path=str(SERVICE_ACCOUNT_DIR / "ca.crt"),
+            # the kubelet rotates this file; kopf logs in again on a 401 and re-reads it
+            token=(SERVICE_ACCOUNT_DIR / "token").read_text().strip(),
+            scheme="Bearer",
+            default_namespace=(
+                namespace_file.read_text().strip() if namespace_file.exists() else None
+            ),
+        )
     return kopf.login_with_kubeconfig(**kwargs)
 
 
@@ -57,6 +77,10 @@ async def configure(
     memo.reconciler = Reconciler(kube, config.default_image, memo.metrics)
     memo.leadership = LeadershipManager(kube, config, memo.metrics)
     memo.leadership_task = asyncio.create_task(memo.leadership.run(), name="leadership")
+    memo.seen_regions = set()
+    memo.resync_task = asyncio.create_task(
+        resync_forever(memo, config.resync_seconds), name="resync"
+    )
     if config.metrics_port:
         memo.metrics.serve(config.metrics_port)
     logger.info(
@@ -69,10 +93,33 @@ async def configure(
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] | None = memo.get("leadership_task")
-    if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    tasks = [memo.get(name) for name in ("leadership_task", "resync_task")]
+    for task in tasks:
+        if task is not None:
+            task.cancel()
+    await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+
+
+async def resync_forever(memo: kopf.Memo, interval: float) -> None:
+    """The level-based safety net: every region kopf has shown us is reconciled at least every
+    ``interval`` seconds (a Secret created later, a missed event). Only regions seen through
+    kopf's watch, so the operator's namespace scope holds here too.
+
+    This is a plain task, not a ``@kopf.timer``: kopf puts a finalizer on every object a timer
+    watches, so regions could not be deleted while no operator runs (after ``helm uninstall``
+    they hung in Terminating with their Deployments still serving). With no finalizer, deleting
+    a region needs no operator: its Deployment, Service and RBAC go by owner reference."""
+    while True:
+        await asyncio.sleep(interval)
+        for namespace, name in sorted(memo.seen_regions):
+            try:
+                body = await asyncio.to_thread(memo.kube.get, region_path(namespace, name))
+                if body is None:
+                    memo.seen_regions.discard((namespace, name))
+                elif not body["metadata"].get("deletionTimestamp"):
+                    await asyncio.to_thread(memo.reconciler.reconcile, body)
+            except Exception as exc:  # the API may be away, or one region broken: next round
+                log.warning("resync of %s/%s failed: %s", namespace, name, exc)
 
 
 @kopf.on.resume(*REGIONS)
@@ -83,14 +130,13 @@ def reconcile_region(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.leadership.wake()
 
 
-@kopf.timer(*REGIONS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-def resync_region(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """The level-based safety net: a Secret created later, a missed event."""
-    memo.reconciler.reconcile(dict(body))
-
-
 @kopf.on.event(*REGIONS)
 def observe_region(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    key = (body.metadata["namespace"], body.metadata["name"])
+    if type == "DELETED":
+        memo.seen_regions.discard(key)
+    else:
+        memo.seen_regions.add(key)
     memo.leadership.observe_region(dict(body), deleted=type == "DELETED")
 
 

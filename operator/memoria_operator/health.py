@@ -1,21 +1,29 @@
 """Region health as the operator judges it for failover.
 
-A region is healthy when its Deployment reports Available and, if a health URL is configured
-(``spec.failover.healthUrl``, or the Service when ``spec.failover.probeService``), that URL
-answers 200 within the probe timeout. Probing the URL directly is what frees failover from the
-kubelet's node grace period: a dead process is noticed in one probe interval.
+A region is healthy when its Deployment reports Available and its pods answer. What is probed:
+
+* ``spec.failover.healthUrl`` when set (for example a global load balancer's address);
+* else the region's Service by DNS name when ``spec.failover.probeService``;
+* else, by default (``spec.failover.probePods``), every running pod of the region at its own IP.
+
+Probing the process directly is what frees failover from the kubelet: a frozen container is
+noticed at the next probe (about one renew interval), where the Deployment's availability would
+flip only after the readiness probe failed several times, and a deleted pod at once. Pod IPs need
+no cluster DNS. Redirects are never followed: a probe asks one address, not wherever it points.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from .kube import Kube, path_for
 from .model import Region
-from .render import PORT
+from .render import PORT, selector
 
 
 @dataclass
@@ -46,12 +54,27 @@ def health_url(region: Region) -> str | None:
     return None
 
 
+def running_pod_urls(pods: list[dict[str, Any]]) -> list[str]:
+    """The /healthz URL of each pod that runs and is not being deleted."""
+    urls = []
+    for pod in pods:
+        status = pod.get("status") or {}
+        ip = status.get("podIP")
+        if status.get("phase") != "Running" or not ip or pod["metadata"].get("deletionTimestamp"):
+            continue
+        host = f"[{ip}]" if ":" in ip else ip
+        urls.append(f"http://{host}:{PORT}/healthz")
+    return urls
+
+
 async def probe(
     session: aiohttp.ClientSession, url: str, limit: float
 ) -> tuple[bool, str, bool | None]:
     """(ok, message, leading) from one GET of a Memoria /healthz, within ``limit`` seconds."""
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=limit)) as resp:
+        async with session.get(
+            url, timeout=aiohttp.ClientTimeout(total=limit), allow_redirects=False
+        ) as resp:
             leading = None
             try:
                 body = await resp.json(content_type=None)
@@ -61,15 +84,18 @@ async def probe(
             if resp.status == 200:
                 return True, f"{url} answered 200", leading
             return False, f"{url} answered {resp.status}", leading
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+    except TimeoutError:
+        return False, f"{url} did not answer within {limit:g}s", None
+    except (aiohttp.ClientError, OSError) as exc:
         return False, f"{url} unreachable: {type(exc).__name__} {exc}".strip(), None
 
 
 class HealthTracker:
     """Keeps each region's health and when it last changed."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, kube: Kube | None = None) -> None:
         self.timeout = timeout
+        self.kube = kube  # to find the pods to probe; None: Deployment and URLs only
         self.state: dict[str, Health] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -84,15 +110,35 @@ class HealthTracker:
         if self._session is not None:
             await self._session.close()
 
+    async def _urls(self, region: Region) -> list[str]:
+        url = health_url(region)
+        if url:
+            return [url]
+        if not (region.spec.failover.probe_pods and self.kube is not None):
+            return []
+        labels = ",".join(f"{k}={v}" for k, v in sorted(selector(region).items()))
+        try:
+            pods = await asyncio.to_thread(
+                self.kube.list, path_for("v1", "Pod", region.namespace), labelSelector=labels
+            )
+        except Exception:  # no pod list (RBAC, API away): judge by the Deployment alone
+            return []
+        return running_pod_urls(pods)
+
     async def check(self, region: Region, deployment: dict[str, Any] | None) -> Health:
         ok, message = deployment_available(deployment)
+        urls = await self._urls(region)
         leading: bool | None = None
-        url = health_url(region)
-        if ok and url:
-            ok, message, leading = await probe(await self.session(), url, self.timeout)
-        elif url:
-            # still ask the region about its scheduler: a handover needs to know
-            _, _, leading = await probe(await self.session(), url, self.timeout)
+        if urls:
+            session = await self.session()
+            results = await asyncio.gather(*(probe(session, u, self.timeout) for u in urls))
+            answered = [r for r in results if r[0]]
+            # the region leads if any pod says so; it is up if any pod answers
+            said = [r[2] for r in results if r[2] is not None]
+            leading = any(said) if said else None
+            if ok:
+                ok = bool(answered)
+                message = answered[0][1] if answered else results[0][1]
         return self._record(region.key, ok, message, leading)
 
     def _record(self, key: str, ok: bool, message: str, leading: bool | None) -> Health:

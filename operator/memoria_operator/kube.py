@@ -18,6 +18,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from .config import FIELD_MANAGER, GROUP, PLURAL, VERSION
+from .liveness import LIVENESS
 
 log = logging.getLogger("memoria_operator.kube")
 
@@ -26,6 +27,8 @@ _PLURALS = {
     ("v1", "Service"): "services",
     ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
+    ("v1", "Pod"): "pods",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
     ("apps/v1", "Deployment"): "deployments",
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
@@ -74,6 +77,8 @@ class Kube:
             m, url, header_params=headers, body=payload, _request_timeout=self.timeout
         )
         resp.read()
+        if resp.status < 500:
+            LIVENESS.api_answered()  # readiness: the API server is reachable and answering
         if not 200 <= resp.status <= 299:
             raise ApiException(http_resp=resp)
         return json.loads(resp.data) if resp.data else None  # JSON of the API server

@@ -46,13 +46,26 @@ class SchedulerSpec(_Model):
     enabled: bool = True
 
 
+class PersistenceSpec(_Model):
+    enabled: bool = True
+    size: str = "1Gi"
+    storage_class_name: str | None = Field(default=None, alias="storageClassName")
+
+
 class StoreSpec(_Model):
     connection_secret_ref: SecretKeyRef | None = Field(default=None, alias="connectionSecretRef")
+    persistence: PersistenceSpec = Field(default_factory=PersistenceSpec)
+
+    @property
+    def embedded(self) -> bool:
+        """True when the pods keep their memories in an SQLite file of their own."""
+        return self.connection_secret_ref is None
 
 
 class FailoverSpec(_Model):
     health_url: str | None = Field(default=None, alias="healthUrl")
     probe_service: bool = Field(default=False, alias="probeService")
+    probe_pods: bool = Field(default=True, alias="probePods")
     unhealthy_after_seconds: int = Field(default=10, alias="unhealthyAfterSeconds")
     eligible: bool = True
 
@@ -60,6 +73,12 @@ class FailoverSpec(_Model):
 class Resources(_Model):
     requests: dict[str, Any] = Field(default_factory=dict)
     limits: dict[str, Any] = Field(default_factory=dict)
+
+
+def _default_resources() -> Resources:
+    """The CRD's default for an absent spec.resources (as the API server applies it: only when
+    the whole object is missing), for bodies that never passed an API server."""
+    return Resources(requests={"cpu": "100m", "memory": "128Mi"}, limits={"memory": "512Mi"})
 
 
 class RegionSpec(_Model):
@@ -70,7 +89,7 @@ class RegionSpec(_Model):
     image: str | None = None
     image_pull_policy: str = Field(default="IfNotPresent", alias="imagePullPolicy")
     replicas: int = 1
-    resources: Resources = Field(default_factory=Resources)
+    resources: Resources = Field(default_factory=_default_resources)
     sync: SyncSpec
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
@@ -129,6 +148,11 @@ class Region(_Model):
     @property
     def workload_name(self) -> str:
         return f"memoria-{self.name}"
+
+    @property
+    def data_claim_name(self) -> str:
+        """The PersistentVolumeClaim of the embedded store."""
+        return f"memoria-{self.name}-data"
 
     @property
     def fenced(self) -> bool:

@@ -28,6 +28,7 @@ from .kube import Kube, path_for
 from .metrics import OperatorMetrics
 from .model import Region, config_problems
 from .render import render_all, secret_refs
+from .render import selector as render_selector
 
 log = logging.getLogger("memoria_operator.reconcile")
 
@@ -65,6 +66,46 @@ def _secret_problem(kube: Kube, region: Region) -> tuple[str, str] | None:
             POSTGRES_URL_SCHEMES
         ):
             return c.SECRET_INVALID, f"{where}: key {ref.key!r} is not a postgresql:// URL"
+    return None
+
+
+# Container states that will not heal by waiting: the region's condition names them, so a user
+# sees "ImagePullBackOff" rather than a rollout that seems merely slow.
+STUCK_REASONS = frozenset(
+    {
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+def _pods_stuck(kube: Kube, region: Region) -> tuple[str, str] | None:
+    """(reason, message) of the first of the region's containers that is stuck, if any."""
+    selector = ",".join(f"{k}={v}" for k, v in sorted(render_selector(region).items()))
+    try:
+        pods = kube.list(path_for("v1", "Pod", region.namespace), labelSelector=selector)
+    except Exception as exc:  # a missing RBAC rule or an API hiccup: availability still stands
+        log.debug("%s: could not list pods: %s", region.key, exc)
+        return None
+    for pod in pods:
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        for status in statuses:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            why = waiting.get("reason")
+            if why in STUCK_REASONS:
+                detail = (waiting.get("message") or "").strip()
+                restarts = status.get("restartCount") or 0
+                message = (
+                    f"pod {pod['metadata']['name']}: container {status.get('name')} is waiting "
+                    f"({why}, {restarts} restart(s))"
+                )
+                return why, f"{message}: {detail[:300]}" if detail else message
     return None
 
 
@@ -155,7 +196,7 @@ class Reconciler:
                 if obj["kind"] == "Deployment":
                     deployment = after
 
-        ok, reason, message = _deployment_availability(deployment, region.spec.replicas)
+        ok, reason, message = self._availability(region, deployment)
         updates.append(c.condition(c.DEPLOYMENT_AVAILABLE, ok, reason, message, gen))
         failing = [u for u in updates if u["status"] != "True"]
         if failing:
@@ -167,6 +208,18 @@ class Reconciler:
 
         self._write_status(region, body, updates, changed)
         return ReconcileResult(not failing, updates, changed, ok)
+
+    def _availability(
+        self, region: Region, deployment: dict[str, Any] | None
+    ) -> tuple[bool, str, str]:
+        """The DeploymentAvailable condition: the Deployment's own word, or why its pods are
+        stuck when they are."""
+        ok, reason, message = _deployment_availability(deployment, region.spec.replicas)
+        if not ok and deployment is not None:
+            stuck = _pods_stuck(self.kube, region)
+            if stuck:
+                reason, message = stuck
+        return ok, reason, message
 
     def _write_status(
         self,

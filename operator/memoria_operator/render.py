@@ -157,12 +157,20 @@ def render_deployment(region: Region, default_image: str) -> dict[str, Any]:
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
         ],
     }
+    persistent = spec.store.embedded and spec.store.persistence.enabled
+    data_volume: dict[str, Any] = (
+        {"name": "data", "persistentVolumeClaim": {"claimName": region.data_claim_name}}
+        if persistent
+        else {"name": "data", "emptyDir": {}}
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(region, region.workload_name),
         "spec": {
             "replicas": spec.replicas,
+            # one SQLite file on one claim: the old pod stops before the new one opens it
+            "strategy": {"type": "Recreate"} if persistent else {"type": "RollingUpdate"},
             "selector": {"matchLabels": selector(region)},
             "template": {
                 "metadata": {"labels": labels(region)},
@@ -173,7 +181,7 @@ def render_deployment(region: Region, default_image: str) -> dict[str, Any]:
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
                     "volumes": [
-                        {"name": "data", "emptyDir": {}},
+                        data_volume,
                         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
                     ],
                 },
@@ -243,9 +251,31 @@ def render_role_binding(region: Region) -> dict[str, Any]:
     }
 
 
+def render_data_claim(region: Region) -> dict[str, Any] | None:
+    """The embedded store's PersistentVolumeClaim, or None when the region has no such store.
+    Owned by the region, so deleting the MemoriaRegion deletes its data (and only then)."""
+    store = region.spec.store
+    if not (store.embedded and store.persistence.enabled):
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": store.persistence.size}},
+    }
+    if store.persistence.storage_class_name:
+        spec["storageClassName"] = store.persistence.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(region, region.data_claim_name),
+        "spec": spec,
+    }
+
+
 def render_all(region: Region, default_image: str) -> list[dict[str, Any]]:
     """Everything the region owns, in the order it is applied."""
+    claim = render_data_claim(region)
     return [
+        *([claim] if claim else []),
         render_service_account(region),
         render_role(region),
         render_role_binding(region),

@@ -138,7 +138,9 @@ def test_from_body_defaults_for_a_minimal_spec() -> None:
     assert (s.role, s.group, s.priority, s.replicas) == ("standby", "default", 100, 1)
     assert s.image is None
     assert s.image_pull_policy == "IfNotPresent"
-    assert s.resources.requests == {} and s.resources.limits == {}
+    # the CRD's defaults: a region never runs without requests (issue 12)
+    assert s.resources.requests == {"cpu": "100m", "memory": "128Mi"}
+    assert s.resources.limits == {"memory": "512Mi"}
     assert s.sync.enabled is True
     assert s.sync.connection_url is None and s.sync.connection_secret_ref is None
     assert s.sync.channel == "memoria-sync"
@@ -729,7 +731,10 @@ def test_deployment_resources() -> None:
         "limits": {"memory": "512Mi"},
     }
     c = _container(render.render_deployment(region(), DEFAULT_IMAGE))
-    assert c["resources"] == {}
+    assert c["resources"] == {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"memory": "512Mi"},
+    }
     only_limits = {**body()["spec"], "resources": {"limits": {"cpu": "1"}}}
     c = _container(render.render_deployment(region(spec=only_limits), DEFAULT_IMAGE))
     assert c["resources"] == {"limits": {"cpu": "1"}}
@@ -765,8 +770,9 @@ def test_pod_spec() -> None:
     assert pod["serviceAccountName"] == render.render_service_account(r)["metadata"]["name"]
     assert pod["automountServiceAccountToken"] is True
     assert pod["terminationGracePeriodSeconds"] == 30
+    # the embedded store lives on the region's own claim, not in the pod (issue 12)
     assert pod["volumes"] == [
-        {"name": "data", "emptyDir": {}},
+        {"name": "data", "persistentVolumeClaim": {"claimName": "memoria-region-a-data"}},
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
     ]
 
@@ -898,3 +904,50 @@ def test_the_crd_accepts_exactly_the_contract_s_sync_schemes() -> None:
     alternatives = rules[0].split("'^(")[1].split(")://'")[0].split("|")
     schemes = {s for group in SYNC_URL_SCHEMES.values() for s in group}
     assert {f"{a}://" for a in alternatives} == schemes
+
+
+MINIMAL_SPEC: dict[str, Any] = {
+    "region": "eu-west-1",
+    "sync": {"backend": "redis", "connectionUrl": "redis://r:6379/0"},
+}
+
+
+def test_embedded_store_gets_an_owned_claim_and_a_recreate_rollout() -> None:
+    r = region(name="region-a", spec={**MINIMAL_SPEC, "store": {"persistence": {"size": "5Gi"}}})
+    objs = render.render_all(r, DEFAULT_IMAGE)
+    claim = objs[0]
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert claim["metadata"]["name"] == "memoria-region-a-data"
+    assert claim["metadata"]["ownerReferences"][0]["name"] == "region-a"
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "5Gi"}},
+    }
+    deployment = objs[-1]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_claim_storage_class_is_passed_through() -> None:
+    r = region(spec={**MINIMAL_SPEC, "store": {"persistence": {"storageClassName": "fast"}}})
+    claim = render.render_data_claim(r)
+    assert claim is not None
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert claim["spec"]["resources"] == {"requests": {"storage": "1Gi"}}
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        {"persistence": {"enabled": False}},
+        {"connectionSecretRef": {"name": "pg"}},
+    ],
+)
+def test_no_claim_without_an_embedded_persistent_store(store: dict[str, Any]) -> None:
+    r = region(spec={**MINIMAL_SPEC, "store": store})
+    assert render.render_data_claim(r) is None
+    kinds = [o["kind"] for o in render.render_all(r, DEFAULT_IMAGE)]
+    assert "PersistentVolumeClaim" not in kinds
+    deployment = render.render_deployment(r, DEFAULT_IMAGE)
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["volumes"][0] == {"name": "data", "emptyDir": {}}

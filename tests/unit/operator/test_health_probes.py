@@ -1,0 +1,133 @@
+"""The operator's health probes against real HTTP servers on loopback: pod URLs, no redirects,
+any answering pod makes a region healthy, a silent one is unhealthy within the timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from memoria_operator.health import HealthTracker, running_pod_urls
+from memoria_operator.model import Region
+
+
+def _pod(ip: str | None, phase: str = "Running", deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": f"pod-{ip}"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta, "status": {"phase": phase, "podIP": ip}}
+
+
+def test_running_pod_urls_skips_pods_that_cannot_answer() -> None:
+    pods = [
+        _pod("10.88.0.5"),
+        _pod("10.88.0.6", phase="Pending"),
+        _pod(None),
+        _pod("10.88.0.7", deleting=True),
+        _pod("fd00::7"),
+    ]
+    assert running_pod_urls(pods) == [
+        "http://10.88.0.5:8080/healthz",
+        "http://[fd00::7]:8080/healthz",
+    ]
+
+
+class _Server:
+    """A tiny /healthz on loopback whose answer the test sets."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.location: str | None = None
+        self.leading = False
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps({"scheduler": {"leading": owner.leading}}).encode()
+                self.send_response(owner.status)
+                if owner.location:
+                    self.send_header("Location", owner.location)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/healthz"
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    s = _Server()
+    yield s
+    s.httpd.shutdown()
+
+
+def _region(url: str) -> Region:
+    return Region.from_body(
+        {
+            "metadata": {"namespace": "ns", "name": "a", "uid": "u", "generation": 1},
+            "spec": {
+                "region": "a",
+                "sync": {"backend": "redis", "connectionUrl": "redis://r"},
+                "failover": {"healthUrl": url},
+            },
+        }
+    )
+
+
+AVAILABLE = {"status": {"conditions": [{"type": "Available", "status": "True"}]}}
+
+
+def _check(tracker: HealthTracker, region: Region) -> Any:
+    async def go() -> Any:
+        try:
+            return await tracker.check(region, AVAILABLE)
+        finally:
+            await tracker.close()
+
+    return asyncio.run(go())
+
+
+def test_a_redirect_is_not_followed_and_counts_as_unhealthy(server: _Server) -> None:
+    target = _Server()
+    try:
+        server.status, server.location = 302, target.url
+        health = _check(HealthTracker(1.0), _region(server.url))
+        assert not health.healthy
+        assert "answered 302" in health.message
+    finally:
+        target.httpd.shutdown()
+
+
+def test_healthy_and_leading_from_the_answer(server: _Server) -> None:
+    server.leading = True
+    health = _check(HealthTracker(1.0), _region(server.url))
+    assert health.healthy and health.leading is True
+
+
+def test_a_silent_process_is_unhealthy_within_the_timeout() -> None:
+    # a listening socket that never answers: what a SIGSTOPped process looks like
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    try:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/healthz"
+        health = _check(HealthTracker(0.5), _region(url))
+        assert not health.healthy
+        assert "did not answer within 0.5s" in health.message
+    finally:
+        sock.close()
