@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import threading
 import time
 import zlib
@@ -208,7 +209,9 @@ class PostgresSyncBackend(SyncBackend):
         # journal rows older than this are deleted (at most hourly, by publishers): a region
         # away for longer than that cannot catch up from the journal
         self.retention = retention
-        self._last_prune = 0.0
+        # never pruned: the first publish prunes (not 0.0, which is less than an hour before
+        # "now" on a machine booted less than an hour ago: time.monotonic() counts from boot)
+        self._last_prune = -math.inf
         self.channel = channel
         self.table = table or None
         parts = tuple(self.table.split(".")) if self.table else ()

@@ -234,7 +234,7 @@ def test_postgres_journal_is_pruned_after_retention(postgres_server: PostgresSer
     backend.publish_many([event(i) for i in range(5)])  # the first publish prunes (nothing)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE infra.prune_journal SET created_at = now() - interval '2 hours'")
-    backend._last_prune = 0.0  # an hour has "passed"
+    backend._last_prune = time.monotonic() - 3601  # an hour has "passed"
     backend.publish_many([event(9)])
     with psycopg.connect(url) as conn:
         left = conn.execute("SELECT payload->>'entity_id' FROM infra.prune_journal").fetchall()
