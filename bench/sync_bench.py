@@ -171,10 +171,10 @@ def redis_benchmark_publish(port: int, n: int) -> float | None:
 
 
 def e2e_region(name: str, kind: str, url: str, channel: str, tmp: str) -> Any:
-    from memoria.metrics import RuntimeMetrics
-    from memoria.settings import MemoriaSettings, SyncSettings
-    from memoria.store import MemoryStore
-    from memoria.sync.coordinator import SyncCoordinator
+    from pydantic import SecretStr
+
+    from memoria.runtime import Runtime
+    from memoria.settings import DatabaseSettings, MemoriaSettings, SyncSettings
 
     table = "bench.memoria_sync_events" if kind == "postgres" else None
     sync = SyncSettings(
@@ -184,25 +184,29 @@ def e2e_region(name: str, kind: str, url: str, channel: str, tmp: str) -> Any:
         channel=channel,
         table=table,
     )
-    store = MemoryStore(f"sqlite:///{Path(tmp) / (name + channel)}.db")
-    return SyncCoordinator(MemoriaSettings(region=name, sync=sync), store, RuntimeMetrics())
+    store = f"sqlite:///{Path(tmp) / (name + channel)}.db"
+    settings = MemoriaSettings(
+        region=name,
+        sync=sync,
+        database=DatabaseSettings(connection_string=SecretStr(store)),
+    )
+    return Runtime(settings, disable_schedulers=True)
 
 
 def role_e2e_reader(kind: str, url: str, channel: str, count: int, tmp: str) -> None:
     region = e2e_region("b", kind, url, channel, tmp)
     region.start()
-    while not (region.subscription and region.subscription.stats.connected):
+    while not (region.sync.subscription and region.sync.subscription.stats.connected):
         time.sleep(0.01)
     print("READY", flush=True)
     deadline = time.time() + 600
     while region.store.count_memories() < count and time.time() < deadline:
         time.sleep(0.005)
     last = time.time()
+    received = region.store.count_memories()  # before stop(): it closes the store
     region.stop()
     print(
-        json.dumps(
-            {"received": region.store.count_memories(), "first": 0, "last": last, "latencies": []}
-        ),
+        json.dumps({"received": received, "first": 0, "last": last, "latencies": []}),
         flush=True,
     )
 
@@ -212,14 +216,14 @@ def role_e2e_writer(kind: str, url: str, channel: str, count: int, tmp: str, pre
     filler = "y" * 200
     if prefill:  # measure the pipeline alone: outbox -> broker -> peer store
         for i in range(count):
-            region.create_memory(
+            region.writes.create_memory(
                 namespace="bench", text=f"{i} {filler}", x_coord=0.0, y_coord=0.0, z_coord=0.0
             )
     start = time.time()
     region.start()
     if not prefill:  # measure writes and replication together, one writer thread
         for i in range(count):
-            region.create_memory(
+            region.writes.create_memory(
                 namespace="bench", text=f"{i} {filler}", x_coord=0.0, y_coord=0.0, z_coord=0.0
             )
     written = time.time()

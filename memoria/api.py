@@ -136,7 +136,7 @@ async def _is_json(request: Request) -> bool:
 def _memory_routes(app: FastAPI, runtime: Runtime) -> None:
     @app.post("/memories", status_code=201, response_model=Memory)
     def create_memory(body: MemoryIn) -> dict[str, Any]:
-        return _out(runtime.sync.create_memory(**body.model_dump()))
+        return _out(runtime.writes.create_memory(**body.model_dump()))
 
     @app.get("/memories/{memory_id}", response_model=Memory)
     def get_memory(memory_id: str) -> dict[str, Any]:
@@ -160,14 +160,14 @@ def _memory_routes(app: FastAPI, runtime: Runtime) -> None:
         if not changes:
             raise HTTPException(422, {"body": "nothing to change"})
         try:
-            return _out(runtime.sync.update_memory(memory_id, changes))
+            return _out(runtime.writes.update_memory(memory_id, changes))
         except MemoryNotFound:
             raise HTTPException(404, f"no memory with id {memory_id}") from None
 
     @app.delete("/memories/{memory_id}", status_code=204)
     def delete_memory(memory_id: str) -> Response:
         try:
-            runtime.sync.delete_memory(memory_id)
+            runtime.writes.delete_memory(memory_id)
         except MemoryNotFound:
             raise HTTPException(404, f"no memory with id {memory_id}") from None
         return Response(status_code=204)

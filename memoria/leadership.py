@@ -21,7 +21,7 @@ from typing import Any
 
 from .contract import GROUP, PLURAL, PROMOTE_ANNOTATION, VERSION, load_api_client
 from .errors import LeadershipError, NotConfigured
-from .scheduler import Leadership
+from .ports import Leadership, LeadershipSource
 from .settings import LeadershipSettings
 from .sync.base import Backoff
 
@@ -120,7 +120,14 @@ class LeaseWatcher:
             state = (view.held_by(self.identity), view.transitions)
             if state == self._reported:
                 return
-            self.on_change(Leadership(state[0], state[1], view.holder, "lease"))
+            self.on_change(
+                Leadership(
+                    leading=state[0],
+                    token=state[1],
+                    holder=view.holder,
+                    source=LeadershipSource.LEASE,
+                )
+            )
             self._reported = state
 
     def _expiry_loop(self) -> None:
@@ -152,7 +159,6 @@ class LeaseWatcher:
 
     def _watch_loop(self) -> None:
         from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
 
         backoff = Backoff(0.2, 5.0)
         outage = False
@@ -177,7 +183,9 @@ class LeaseWatcher:
                     api, selector, listing.metadata.resource_version if listing.metadata else None
                 )
                 backoff.reset()
-            except (ApiException, LeadershipError, OSError, Exception) as exc:
+            except Exception as exc:
+                # whatever broke the list or the watch (ApiException, a dropped connection,
+                # urllib3's errors, missing credentials): the watch must survive it and retry
                 if api is not None:
                     # fresh credentials and connections next time (rotated tokens, dead pools)
                     with contextlib.suppress(Exception):

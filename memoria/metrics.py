@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class DropReason(StrEnum):
+    """Why a sync event was not published or not applied (``memoria_sync_events_dropped``)."""
+
+    PRIVACY_OUT = "privacy_out"  # outside this region's range: not published
+    PRIVACY_IN = "privacy_in"  # outside this region's range: not stored
+    OWN_ORIGIN = "own_origin"
+    DUPLICATE = "duplicate"
+    MALFORMED = "malformed"
+    STALE = "stale"  # a decrement with an older fencing token
+    REJECTED = "rejected"  # the broker refuses its content for good
 
 
 class RuntimeMetrics:

@@ -1,42 +1,73 @@
-"""One region process: store, sync coordinator, scheduler and Lease watcher, started together."""
+"""One region process: its parts built from the settings, started and stopped together.
+
+The store (``database.connection_string``), the sync link to the peers (``sync.*``: backend,
+outbox relay, inbound applier), the write service every local change goes through, the
+decrement scheduler and, when ``leadership.lease_name`` is set, the watch of the scheduler
+Lease. Live settings changes (``PATCH /settings``) are applied here, one at a time.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
+from enum import StrEnum
 from typing import Any
 
-from .errors import StoreError
 from .leadership import LeaseWatcher
 from .metrics import RuntimeMetrics
+from .ports import Leadership
 from .scheduler import DecrementScheduler
 from .settings import MemoriaSettings, apply_updates, mask_url
 from .store import MemoryStore
-from .sync.coordinator import SyncCoordinator
+from .sync import create_backend
+from .sync.link import BackendFactory, SyncLink, SyncState
+from .writes import WriteService
 
 log = logging.getLogger("memoria")
 
 
+class HealthState(StrEnum):
+    """The ``status`` of ``GET /healthz`` (and the store's ``state`` in it)."""
+
+    OK = "ok"
+    DEGRADED = "degraded"  # serving, but sync or the Lease watch is impaired
+    DOWN = "down"  # the store cannot be reached: answered with 503
+
+
 class Runtime:
-    def __init__(self, settings: MemoriaSettings, *, disable_schedulers: bool = False) -> None:
+    def __init__(
+        self,
+        settings: MemoriaSettings,
+        *,
+        disable_schedulers: bool = False,
+        backend_factory: BackendFactory = create_backend,
+    ) -> None:
         self.settings = settings
-        self.disable_schedulers_flag = disable_schedulers  # --disable-schedulers
         self.metrics = RuntimeMetrics()
         self.store = MemoryStore(settings.database.connection_string.get_secret_value())
-        self.sync = SyncCoordinator(settings, self.store, self.metrics)
-        self.scheduler = DecrementScheduler(self)
+        self.sync = SyncLink(settings, self.store, self.metrics, backend_factory)
+        self.writes = WriteService(
+            self.store, lambda: self.settings, self.metrics, written=self.sync.wake
+        )
+        standalone = settings.leadership.lease_name is None
+        self.scheduler = DecrementScheduler(
+            self.writes,
+            lambda: self.settings,
+            self.metrics,
+            leadership=Leadership(leading=standalone, token=0),
+            force_disabled=disable_schedulers,  # --disable-schedulers
+        )
         self.lease: LeaseWatcher | None = None
-        if settings.leadership.lease_name:
-            self.lease = LeaseWatcher(settings.leadership, self.scheduler.set_leadership)
-        else:
+        if standalone:
             self.metrics.leader.set(1)
+        else:
+            self.lease = LeaseWatcher(settings.leadership, self.scheduler.set_leadership)
         self._settings_lock = threading.Lock()
         self.started = False
         self.metrics.track_last_decrement(self._last_decrement_timestamp)
 
     def _last_decrement_timestamp(self) -> float:
-        import datetime as dt
-
         raw = self.store.metadata().get("last_decrement_at") or ""
         return dt.datetime.fromisoformat(raw).timestamp() if raw else 0.0
 
@@ -91,21 +122,33 @@ class Runtime:
             *new.privacy_range,
         )
 
-    def health(self) -> dict[str, Any]:
+    def _store_health(self) -> dict[str, Any]:
         try:
             self.store.ping()
-            store = {"state": "ok", "url": self.store.url_for_humans}
-        except (StoreError, Exception) as exc:
-            store = {"state": "down", "url": self.store.url_for_humans, "error": str(exc)[:300]}
+        except Exception as exc:
+            # whatever the driver raises, the store is unusable: /healthz reports it "down"
+            # (answering 503) instead of failing itself
+            return {
+                "state": HealthState.DOWN,
+                "url": self.store.url_for_humans,
+                "error": str(exc)[:300],
+            }
+        return {"state": HealthState.OK, "url": self.store.url_for_humans}
+
+    def health(self) -> dict[str, Any]:
+        store = self._store_health()
         sync = self.sync.health()
         scheduler = self.scheduler.status()
         leadership = self.lease.status() if self.lease else {"lease": None, "held": True}
-        if store["state"] == "down":
-            status = "down"
-        elif sync.state in ("degraded", "down") or (self.lease and not self.lease.connected):
-            status = "degraded"
+        status: HealthState
+        if store["state"] is HealthState.DOWN:
+            status = HealthState.DOWN
+        elif sync.state in (SyncState.DEGRADED, SyncState.DOWN) or (
+            self.lease and not self.lease.connected
+        ):
+            status = HealthState.DEGRADED
         else:
-            status = "ok"
+            status = HealthState.OK
         return {
             "status": status,
             "region": self.settings.region,

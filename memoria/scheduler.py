@@ -11,6 +11,10 @@ When it becomes armed it catches up: every date after the last one decremented, 
 decremented in order (at most ``scheduler.max_catch_up_days``). Each run goes through the store's
 fenced compare-and-set, with the Lease's transition count as fencing token, so a date is never
 decremented twice, even by two processes that both believe they lead.
+
+The scheduler sees the rest of the region only through :class:`~memoria.ports.DecrementTarget`
+(run one date with one token), :class:`~memoria.ports.Leadership` pushed to
+:meth:`DecrementScheduler.set_leadership`, a :class:`~memoria.ports.Clock` and the live settings.
 """
 
 from __future__ import annotations
@@ -19,28 +23,19 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .metrics import RuntimeMetrics
+from .ports import Clock, DecrementTarget, Leadership
+from .settings import MemoriaSettings
 from .store import DecrementOutcome
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
 
 log = logging.getLogger("memoria.scheduler")
 
 _MAX_SLEEP = 30.0  # re-read the clock at least this often (clock changes, offsets)
 
 
-@dataclass
-class Leadership:
-    leading: bool
-    token: int
-    holder: str | None = None
-    source: str = "standalone"  # standalone | lease
-
-
-class Clock:
+class OffsetClock:
     """Wall clock plus the configured offset (for drills that need midnight soon)."""
 
     def __init__(self, offset_seconds: Callable[[], float]) -> None:
@@ -51,15 +46,26 @@ class Clock:
 
 
 class DecrementScheduler:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.clock = Clock(lambda: self.runtime.settings.scheduler.clock_offset_seconds)
+    def __init__(
+        self,
+        target: DecrementTarget,
+        settings: Callable[[], MemoriaSettings],
+        metrics: RuntimeMetrics,
+        *,
+        leadership: Leadership,
+        force_disabled: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
+        self.target = target
+        self._settings = settings  # read live: PATCH /settings changes the zone or disables
+        self.metrics = metrics
+        self.force_disabled = force_disabled  # --disable-schedulers
+        self.clock = clock or OffsetClock(lambda: settings().scheduler.clock_offset_seconds)
         self._cond = threading.Condition()
         self._cancelled = False
         self._stopping = False
         self._thread: threading.Thread | None = None
-        standalone = runtime.settings.leadership.lease_name is None
-        self.leadership = Leadership(leading=standalone, token=0)
+        self.leadership = leadership
         self.armed = False
         self.last_outcome: DecrementOutcome | None = None
         self.runs: list[DecrementOutcome] = []  # this process's attempts, newest last (bounded)
@@ -68,7 +74,7 @@ class DecrementScheduler:
 
     @property
     def disabled(self) -> bool:
-        return self.runtime.settings.disable_schedulers or self.runtime.disable_schedulers_flag
+        return self._settings().disable_schedulers or self.force_disabled
 
     def _should_arm(self) -> bool:
         return not (self.disabled or self._cancelled or self._stopping) and self.leadership.leading
@@ -86,11 +92,11 @@ class DecrementScheduler:
             if changed and leadership.leading:
                 log.info("leadership: this region leads (fencing token %d)", leadership.token)
         if changed:
-            self.runtime.metrics.leader.set(1 if leadership.leading else 0)
-            self.runtime.metrics.fencing_token.set(leadership.token)
+            self.metrics.leader.set(1 if leadership.leading else 0)
+            self.metrics.fencing_token.set(leadership.token)
             if leadership.leading:
                 # refuse older leaders in our store from now on, even before our first run
-                self.runtime.store.raise_fencing_token(leadership.token)
+                self.target.raise_fencing_token(leadership.token)
             elif not old.leading:
                 log.info("leadership: this region does not lead (holder: %s)", leadership.holder)
 
@@ -133,11 +139,11 @@ class DecrementScheduler:
     # -- time --------------------------------------------------------------------------------
 
     def today(self) -> dt.date:
-        return self.clock.now().astimezone(self.runtime.settings.timezone).date()
+        return self.clock.now().astimezone(self._settings().timezone).date()
 
     def seconds_to_midnight(self) -> float:
         now = self.clock.now()
-        zone = self.runtime.settings.timezone
+        zone = self._settings().timezone
         tomorrow = dt.datetime.combine(
             now.astimezone(zone).date() + dt.timedelta(days=1), dt.time(), zone
         )
@@ -147,11 +153,11 @@ class DecrementScheduler:
 
     def due_dates(self) -> list[str]:
         today = self.today()
-        last_raw = self.runtime.store.metadata().get("last_decrement_date") or ""
+        last_raw = self.target.last_decrement_date()
         if not last_raw:
             return [today.isoformat()]
         last = dt.date.fromisoformat(last_raw)
-        limit = self.runtime.settings.scheduler.max_catch_up_days
+        limit = self._settings().scheduler.max_catch_up_days
         first = max(last + dt.timedelta(days=1), today - dt.timedelta(days=max(0, limit - 1)))
         days = (today - first).days + 1
         return [(first + dt.timedelta(days=i)).isoformat() for i in range(max(0, days))]
@@ -161,7 +167,7 @@ class DecrementScheduler:
     def run_date(self, date: str) -> DecrementOutcome:
         """One fenced attempt for ``date`` with the current fencing token."""
         token = self.leadership.token
-        outcome = self.runtime.sync.run_decrement(date, token)
+        outcome = self.target.run_decrement(date, token)
         self.last_outcome = outcome
         self.runs = [*self.runs[-99:], outcome]
         if outcome.ran:
@@ -183,7 +189,7 @@ class DecrementScheduler:
     def _set_armed(self, armed: bool) -> None:
         if armed != self.armed:
             self.armed = armed
-            self.runtime.metrics.scheduler_active.set(1 if armed else 0)
+            self.metrics.scheduler_active.set(1 if armed else 0)
             log.info("scheduler: decrement timer %s", "armed" if armed else "disarmed")
 
     def _loop(self) -> None:
@@ -197,6 +203,8 @@ class DecrementScheduler:
                 try:
                     self.catch_up()
                 except Exception:
+                    # the store down, a bug: the timer must outlive it, and a retry is fenced
+                    # like any run, so it cannot decrement a date twice
                     log.exception("scheduler: decrement failed; retrying in a few seconds")
                     with self._cond:
                         self._cond.wait(5)
@@ -219,7 +227,7 @@ class DecrementScheduler:
             "fencing_token": self.leadership.token,
             "lease_holder": self.leadership.holder,
             "leadership_source": self.leadership.source,
-            "time_zone": self.runtime.settings.decrement_tz,
+            "time_zone": self._settings().decrement_tz,
             "seconds_to_midnight": round(self.seconds_to_midnight(), 3),
             "last_attempt": None
             if last is None

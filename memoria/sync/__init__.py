@@ -1,4 +1,11 @@
-"""Sync between regions: the SyncEvent contract, backends, and the coordinator."""
+"""Sync between regions, the transport side: the SyncEvent contract and the backends.
+
+The parts that also touch the store live in their own modules and are imported from there
+(the store imports this package's events, so this package must not import them):
+``relay`` (the outbox relay), ``applier`` (the inbound applier) and ``link`` (the backend
+connection that feeds both, switched live). The write path that fills the outbox is
+``memoria.writes``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Two-region harness for sync tests: real stores, real brokers, the real coordinator."""
+"""Two-region harness for sync tests: real stores, real brokers, the real region runtime."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from memoria.metrics import RuntimeMetrics
-from memoria.settings import MemoriaSettings, SyncSettings
+from memoria.runtime import Runtime
+from memoria.settings import DatabaseSettings, MemoriaSettings, SyncSettings
 from memoria.store import MemoryStore
-from memoria.sync.coordinator import SyncCoordinator
+from memoria.sync.link import SyncLink
+from memoria.writes import WriteService
 
 
 @dataclass
@@ -42,34 +46,42 @@ class Broker:
 
 
 class Region:
+    """One region's runtime without an HTTP server; its scheduler is disabled (the tests run
+    decrements themselves)."""
+
     def __init__(self, name: str, store_url: str, sync: SyncSettings) -> None:
         self.name = name
-        self.store_url = store_url
-        self.settings = MemoriaSettings(region=name, sync=sync)
-        self.store = MemoryStore(store_url)
-        self.metrics = RuntimeMetrics()
-        self.coordinator = SyncCoordinator(self.settings, self.store, self.metrics)
+        self.settings = MemoriaSettings(
+            region=name,
+            sync=sync,
+            database=DatabaseSettings(connection_string=SecretStr(store_url)),
+        )
         self.past_metrics: list[RuntimeMetrics] = []  # of earlier incarnations (restarts)
+        self._build()
+
+    def _build(self) -> None:
+        self.runtime = Runtime(self.settings, disable_schedulers=True)
+        self.store: MemoryStore = self.runtime.store
+        self.metrics: RuntimeMetrics = self.runtime.metrics
+        self.sync: SyncLink = self.runtime.sync
+        self.writes: WriteService = self.runtime.writes
 
     def start(self) -> Region:
-        self.coordinator.start()
+        self.runtime.start()
         return self
 
     def stop(self, flush_timeout: float = 5.0) -> None:
-        self.coordinator.stop(flush_timeout)
-        self.store.close()
+        self.runtime.stop(flush_timeout)
 
     def restart(self) -> None:
         """Stop and start again on the same store (same cursor, same outbox)."""
         self.stop()
-        self.store = MemoryStore(self.store_url)
         self.past_metrics.append(self.metrics)
-        self.metrics = RuntimeMetrics()
-        self.coordinator = SyncCoordinator(self.settings, self.store, self.metrics)
+        self._build()
         self.start()
 
     def write(self, text: str, y: float, namespace: str = "default", x: float = 0.0) -> str:
-        memory = self.coordinator.create_memory(
+        memory = self.writes.create_memory(
             namespace=namespace, text=text, x_coord=x, y_coord=y, z_coord=0.0
         )
         return memory.id

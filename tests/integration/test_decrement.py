@@ -114,7 +114,7 @@ def test_standby_applies_leaders_decrement_once_even_twice_or_late(
     with two_regions(broker, tmp_path) as (leader, standby):
         mids = [leader.write(f"m{i}", y=0) for i in range(5)]
         wait_for(lambda: set(mids) <= standby.ids(), what="memories at the standby")
-        assert leader.coordinator.run_decrement(D1, token=1).ran
+        assert leader.writes.run_decrement(D1, token=1).ran
         wait_for(
             lambda: standby.store.metadata()["last_decrement_date"] == D1,
             what="the decrement at the standby",
@@ -137,8 +137,8 @@ def test_standby_applies_leaders_decrement_once_even_twice_or_late(
         backend.publish_many([again, again])
         # late: the standby is away while the leader decrements two more dates
         standby.stop()
-        assert leader.coordinator.run_decrement(D2, token=1).ran
-        assert leader.coordinator.run_decrement(D3, token=1).ran
+        assert leader.writes.run_decrement(D2, token=1).ran
+        assert leader.writes.run_decrement(D3, token=1).ran
         backend.publish_many([again])  # and an old date arrives after newer ones
         standby.restart()
         wait_for(
@@ -216,7 +216,7 @@ def test_two_serve_processes_both_leading_cross_midnight_once(
 
 def _remote_update(store: MemoryStore, payload: dict[str, object], origin: str) -> None:
     from memoria.store import InboundOp
-    from memoria.sync.coordinator import memory_from_payload
+    from memoria.sync.applier import memory_from_payload
 
     event = SyncEvent(Action.UPDATE, EntityType.MEMORY, "d", str(payload["id"]), payload, origin)
     store.apply_inbound(

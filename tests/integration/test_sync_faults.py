@@ -89,18 +89,18 @@ def test_broker_down_at_write_time_then_up(
 ) -> None:
     broker, server = private_broker
     with two_regions(broker, tmp_path) as (a, b):
-        wait_for(lambda: b.coordinator.health().listener_connected is True, what="listener")
+        wait_for(lambda: b.sync.health().listener_connected is True, what="listener")
         server.stop()
         started = time.monotonic()
         ids = [a.write(f"while down {i}", y=0) for i in range(10)]
         assert time.monotonic() - started < 2.0, "writes must not wait for the broker"
         assert a.store.outbox_depth("region-a") == 10
         wait_for(lambda: a.count("memoria_sync_publish_failures_total") > 0, what="a failure")
-        assert a.coordinator.health().state in {"degraded", "down"}
+        assert a.sync.health().state in {"degraded", "down"}
         server.start()
         wait_for(lambda: set(ids) <= b.ids(), timeout=30, what="the queued writes at region-b")
         assert a.store.outbox_depth("region-a") == 0
-        assert b.coordinator.reconnects >= 1
+        assert b.sync.reconnects >= 1
 
 
 def test_reconnect_is_logged_once_per_outage(
@@ -112,14 +112,12 @@ def test_reconnect_is_logged_once_per_outage(
     caplog.set_level(logging.INFO, logger="memoria.sync")
     with two_regions(broker, tmp_path) as (a, b):
         both = (a, b)
-        wait_for(
-            lambda: all(r.coordinator.health().listener_connected for r in both), what="listeners"
-        )
+        wait_for(lambda: all(r.sync.health().listener_connected for r in both), what="listeners")
         server.stop()
-        wait_for(lambda: b.coordinator.reconnects >= 3, timeout=30, what="several retries")
+        wait_for(lambda: b.sync.reconnects >= 3, timeout=30, what="several retries")
         server.start()
         wait_for(
-            lambda: all(r.coordinator.health().listener_connected for r in both),
+            lambda: all(r.sync.health().listener_connected for r in both),
             timeout=30,
             what="both listeners reconnected",
         )
@@ -189,14 +187,14 @@ def test_malformed_payloads_are_skipped_and_the_listener_lives_on(
     ]
     caplog.set_level(logging.WARNING)
     with two_regions(broker, tmp_path) as (a, b):
-        wait_for(lambda: b.coordinator.health().listener_connected is True, what="listener")
+        wait_for(lambda: b.sync.health().listener_connected is True, what="listener")
         _inject_garbage(broker, garbage)
         after = a.write("valid after garbage", y=0)
         wait_for(lambda: after in b.ids(), what="the valid event after the garbage")
         assert b.count("memoria_sync_events_dropped_total", reason="malformed") >= 6
-        assert b.coordinator.subscription is not None
-        assert b.coordinator.subscription.is_alive()
-        assert b.coordinator.reconnects == 0  # skipped, not crashed and restarted
+        assert b.sync.subscription is not None
+        assert b.sync.subscription.is_alive()
+        assert b.sync.reconnects == 0  # skipped, not crashed and restarted
         assert "e1" not in b.ids()
     assert any(
         "malformed" in r.getMessage() or "skipping" in r.getMessage() for r in caplog.records
@@ -210,7 +208,7 @@ def test_postgres_payload_over_notify_limit_arrives(
     url = postgres_server.create_database("sync")
     broker = Broker("postgres", url, url, table=table)
     with two_regions(broker, tmp_path) as (a, b):
-        wait_for(lambda: b.coordinator.health().listener_connected is True, what="listener")
+        wait_for(lambda: b.sync.health().listener_connected is True, what="listener")
         big = "ü€" * 6000  # 30 kB of UTF-8 with multi-byte characters
         mid = a.write(big, y=0)
         wait_for(lambda: mid in b.ids(), what="the big memory")

@@ -94,7 +94,7 @@ def test_update_out_of_range_withdraws_peer_copy(broker: Broker, tmp_path: Path)
     with two_regions(broker, tmp_path, a_range=(0, 15), b_range=(0, 10)) as (a, b):
         mid = a.write("shared for now", y=5)
         wait_for(lambda: mid in b.ids(), what="first copy")
-        a.coordinator.update_memory(mid, {"y_coord": -3.0, "text": "now private"})
+        a.writes.update_memory(mid, {"y_coord": -3.0, "text": "now private"})
         wait_for(lambda: mid not in b.ids(), what="withdrawal")
         # the private text never left region A
         assert not any("now private" in json.dumps(e) for e in journal(broker))
