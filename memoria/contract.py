@@ -24,6 +24,8 @@ DEFAULT_GROUP = "default"
 PROMOTE_ANNOTATION = f"{GROUP}/promote"  # a switchover request: any new value
 FENCED_ANNOTATION = f"{GROUP}/fenced"  # "true": keep this region from leading
 HANDOVER_ANNOTATION = f"{GROUP}/handover-to"  # on the Lease: a switchover in progress
+HANDOVER_FROM_ANNOTATION = f"{GROUP}/handover-from"  # on the Lease: who the switchover leaves
+HANDOVER_STARTED_ANNOTATION = f"{GROUP}/handover-started"  # on the Lease: when it began
 REASON_ANNOTATION = f"{GROUP}/transition-reason"  # on the Lease: why its holder last changed
 
 # -- the scheduler Lease --------------------------------------------------------------------------

@@ -9,11 +9,9 @@ from memoria.contract import (
     API_VERSION,
     FENCED_ANNOTATION,
     GROUP,
-    HANDOVER_ANNOTATION,
     KIND,
     PLURAL,
     PROMOTE_ANNOTATION,
-    REASON_ANNOTATION,
     VERSION,
 )
 from memoria.errors import SettingsError
@@ -24,11 +22,9 @@ __all__ = [
     "FENCED_ANNOTATION",
     "FIELD_MANAGER",
     "GROUP",
-    "HANDOVER_ANNOTATION",
     "KIND",
     "PLURAL",
     "PROMOTE_ANNOTATION",
-    "REASON_ANNOTATION",
     "VERSION",
     "OperatorConfig",
     "load_config",

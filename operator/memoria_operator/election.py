@@ -4,6 +4,10 @@ Chosen over kopf's peering because it fences: a replica acts only after it holds
 exits the moment it cannot renew it, the controller-runtime way; peering only pauses operators
 eventually and needs cluster-wide CRDs of its own. The standby replicas block before kopf starts,
 so they make no API calls beyond reading the Lease.
+
+The rules are pure (:func:`election_step`: what to do with the Lease as found;
+:func:`election_lease`: the Lease to write) and share their time and spec helpers with the
+scheduler Leases (:mod:`.leadership.lease`); :class:`OperatorElection` reads, writes, keeps time.
 """
 
 from __future__ import annotations
@@ -17,12 +21,71 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
 
 from .config import OperatorConfig
 from .kube import Conflict, Kube, path_for
-from .leadership import micro_time, parse_time
+from .leadership.lease import (
+    API_VERSION,
+    empty_lease,
+    grant_expired,
+    granted_spec,
+    renewed_spec,
+    spec_of,
+)
 
 log = logging.getLogger("memoria_operator.election")
+
+
+class ElectionStep(StrEnum):
+    """What a replica does with the operator Lease as it finds it."""
+
+    CREATE = "create"  # no Lease yet: create it, held by us
+    RENEW = "renew"  # we hold it (even if our grant lapsed: nobody took it meanwhile)
+    TAKE = "take"  # nobody holds it, or the other holder's grant has expired
+    STAND_BY = "stand-by"  # another replica holds a grant that has not expired
+
+
+def election_step(
+    lease: dict[str, Any] | None, *, identity: str, now: dt.datetime, duration: float
+) -> ElectionStep:
+    """Pure: the step for replica ``identity`` at ``now``; ``duration`` (what this replica
+    writes, rounded up as the Lease stores it) stands in for a missing ``leaseDurationSeconds``."""
+    if lease is None:
+        return ElectionStep.CREATE
+    spec = spec_of(lease)
+    holder = spec.get("holderIdentity")
+    if holder == identity:
+        return ElectionStep.RENEW
+    if not holder or grant_expired(spec, now, default_duration=math.ceil(duration)):
+        return ElectionStep.TAKE
+    return ElectionStep.STAND_BY
+
+
+def election_lease(
+    lease: dict[str, Any] | None,
+    step: ElectionStep,
+    *,
+    identity: str,
+    namespace: str,
+    name: str,
+    now: dt.datetime,
+    duration: float,
+) -> dict[str, Any]:
+    """Pure: the operator Lease after ``step`` (anything but stand-by). A created Lease starts
+    at transition 0; taking it over counts one more; renewing keeps acquireTime and count."""
+    if step is ElectionStep.STAND_BY:
+        raise ValueError("a standing-by replica writes no Lease")
+    current = lease or empty_lease(namespace, name)
+    spec = spec_of(current)
+    if step is ElectionStep.RENEW:
+        spec = renewed_spec(spec, now=now, duration=duration)
+    else:
+        spec = granted_spec(spec, holder=identity, now=now, duration=duration)
+    if step is ElectionStep.CREATE:
+        spec["leaseTransitions"] = 0
+    return {**current, "spec": spec}
 
 
 class OperatorElection:
@@ -33,51 +96,33 @@ class OperatorElection:
         self.config = config
         self.identity = f"{socket.gethostname()}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
         self.path = path_for(
-            "coordination.k8s.io/v1", "Lease", config.election_namespace, config.election_lease_name
+            API_VERSION, "Lease", config.election_namespace, config.election_lease_name
         )
         self.on_lost = on_lost or (lambda: os._exit(3))
         self._stop = threading.Event()
         self._renewed = 0.0
 
     def _try(self) -> bool:
+        """One attempt to hold the Lease: True when this replica holds it now."""
         now = dt.datetime.now(dt.UTC)
         lease = self.kube.get(self.path)
-        duration = math.ceil(self.config.lease_duration_seconds)
-        if lease is None:
-            body = {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {
-                    "name": self.config.election_lease_name,
-                    "namespace": self.config.election_namespace,
-                },
-                "spec": {
-                    "holderIdentity": self.identity,
-                    "leaseDurationSeconds": duration,
-                    "acquireTime": micro_time(now),
-                    "renewTime": micro_time(now),
-                    "leaseTransitions": 0,
-                },
-            }
-            self.kube.create(self.path.rsplit("/", 1)[0], body)
-            return True
-        spec = lease.get("spec") or {}
-        holder = spec.get("holderIdentity")
-        renewed = parse_time(spec.get("renewTime"))
-        held_for = float(spec.get("leaseDurationSeconds") or duration)
-        expired = renewed is None or now >= renewed + dt.timedelta(seconds=held_for)
-        if holder not in (None, "", self.identity) and not expired:
+        duration = self.config.lease_duration_seconds
+        step = election_step(lease, identity=self.identity, now=now, duration=duration)
+        if step is ElectionStep.STAND_BY:
             return False
-        spec = {
-            **spec,
-            "holderIdentity": self.identity,
-            "leaseDurationSeconds": duration,
-            "renewTime": micro_time(now),
-        }
-        if holder != self.identity:
-            spec["acquireTime"] = micro_time(now)
-            spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
-        self.kube.replace(self.path, {**lease, "spec": spec})
+        body = election_lease(
+            lease,
+            step,
+            identity=self.identity,
+            namespace=self.config.election_namespace,
+            name=self.config.election_lease_name,
+            now=now,
+            duration=duration,
+        )
+        if step is ElectionStep.CREATE:
+            self.kube.create(self.path.rsplit("/", 1)[0], body)
+        else:
+            self.kube.replace(self.path, body)
         return True
 
     def acquire(self) -> None:
@@ -110,7 +155,7 @@ class OperatorElection:
                     self._renewed = time.monotonic()
                     continue
                 log.error("operator election: the Lease was taken by another replica")
-            except Exception as exc:
+            except Exception as exc:  # the API, the network, a timeout: retry until the grant ends
                 if time.monotonic() - self._renewed < self.config.lease_duration_seconds:
                     log.warning("operator election: renew failed (%s); retrying", exc)
                     continue

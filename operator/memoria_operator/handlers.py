@@ -1,4 +1,4 @@
-"""kopf handlers: small, typed, and only glue. The logic is in reconcile.py and leadership.py.
+"""kopf handlers: small, typed, and only glue. The logic is in reconcile.py and leadership/.
 
 ``kopf run -m memoria_operator.handlers`` (or ``memoria-operator run``) loads them.
 """

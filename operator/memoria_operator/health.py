@@ -67,6 +67,18 @@ def running_pod_urls(pods: list[dict[str, Any]]) -> list[str]:
     return urls
 
 
+def scheduler_leading(body: Any) -> bool | None:
+    """What a /healthz JSON body says about the region's scheduler: whether it leads, or None
+    when the body has no readable answer (an empty body or section counts as not leading)."""
+    body = body or {}
+    if not isinstance(body, dict):
+        return None
+    scheduler = body.get("scheduler") or {}
+    if not isinstance(scheduler, dict):
+        return None
+    return bool(scheduler.get("leading"))
+
+
 async def probe(
     session: aiohttp.ClientSession, url: str, limit: float
 ) -> tuple[bool, str, bool | None]:
@@ -75,12 +87,10 @@ async def probe(
         async with session.get(
             url, timeout=aiohttp.ClientTimeout(total=limit), allow_redirects=False
         ) as resp:
-            leading = None
             try:
-                body = await resp.json(content_type=None)
-                leading = bool(((body or {}).get("scheduler") or {}).get("leading"))
-            except (ValueError, aiohttp.ContentTypeError, AttributeError):
-                pass
+                leading = scheduler_leading(await resp.json(content_type=None))
+            except ValueError:  # not JSON (or not UTF-8): the status code alone decides
+                leading = None
             if resp.status == 200:
                 return True, f"{url} answered 200", leading
             return False, f"{url} answered {resp.status}", leading

@@ -13,7 +13,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from kubernetes.client.exceptions import ApiException
 
@@ -35,6 +35,10 @@ _PLURALS = {
     ("coordination.k8s.io/v1", "Lease"): "leases",
     (f"{GROUP}/{VERSION}", "MemoriaRegion"): PLURAL,
 }
+
+
+# the two types of core/v1 Event
+EventType = Literal["Normal", "Warning"]
 
 
 class Conflict(Exception):
@@ -174,7 +178,7 @@ class Kube:
         )
         return None
 
-    def event(self, regarding: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    def event(self, regarding: dict[str, Any], type_: EventType, reason: str, message: str) -> None:
         """Post a core/v1 Event about an object (best effort: never fails the caller)."""
         meta = regarding["metadata"]
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -19,14 +19,18 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
 from urllib.parse import urlparse
+
+# starting: before the election; standby: waiting for the operator Lease; leading: kopf runs
+LivenessState = Literal["starting", "standby", "leading"]
 
 
 class Liveness:
     def __init__(self, stale_after: float = 60.0, unreachable_after: float = 15.0) -> None:
         self.stale_after = stale_after
         self.unreachable_after = unreachable_after
-        self.state = "starting"  # starting | standby | leading
+        self.state: LivenessState = "starting"
         self.last_beat = time.monotonic()
         self.last_api_answer: float | None = None  # monotonic time of the last API answer
 

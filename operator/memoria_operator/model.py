@@ -7,7 +7,7 @@ the operator names instead of dictionary paths.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from memoria.contract import holder_identity, lease_name, url_scheme_problem
 
 from .config import FENCED_ANNOTATION, PROMOTE_ANNOTATION
+
+# spec.role (requested at bootstrap) and status.role (actual, from the Lease); the CRD's enum
+Role = Literal["leader", "standby"]
 
 
 class _Model(BaseModel):
@@ -83,7 +86,7 @@ def _default_resources() -> Resources:
 
 class RegionSpec(_Model):
     region: str
-    role: str = "standby"
+    role: Role = "standby"
     group: str = "default"
     priority: int = 100
     image: str | None = None

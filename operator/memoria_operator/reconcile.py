@@ -24,7 +24,7 @@ from typing import Any
 from memoria.contract import POSTGRES_URL_SCHEMES, url_scheme_problem
 
 from . import conditions as c
-from .kube import Kube, path_for
+from .kube import EventType, Kube, path_for
 from .metrics import OperatorMetrics
 from .model import Region, config_problems
 from .render import render_all, secret_refs
@@ -54,7 +54,7 @@ def _secret_problem(kube: Kube, region: Region) -> tuple[str, str] | None:
             return c.SECRET_KEY_MISSING, f"{where} has no key {ref.key!r} (keys: {keys})"
         try:
             value = base64.b64decode(raw).decode().strip()
-        except (ValueError, UnicodeDecodeError):
+        except ValueError:  # binascii.Error (not base64) and UnicodeDecodeError are ValueErrors
             return c.SECRET_INVALID, f"{where}: key {ref.key!r} is not UTF-8 text"
         if not value:
             return c.SECRET_INVALID, f"{where}: key {ref.key!r} is empty"
@@ -253,7 +253,7 @@ class Reconciler:
             if cond["type"] == c.READY:
                 if cond["reason"] == c.PROGRESSING:
                     continue  # a rollout under way is not a problem worth an Event
-                kind = "Normal" if cond["status"] == "True" else "Warning"
+                kind: EventType = "Normal" if cond["status"] == "True" else "Warning"
                 self.kube.event(
                     body,
                     kind,

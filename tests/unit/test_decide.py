@@ -135,14 +135,14 @@ def view(
     renew_interval: float = RENEW,
 ) -> GroupView:
     return GroupView(
-        NS,
-        "default",
-        lease_,
-        {r.key: r for r in regions},
-        {key(n): h for n, h in health.items()},
-        now,
-        mono,
-        renew_interval,
+        namespace=NS,
+        group="default",
+        lease=lease_,
+        regions={r.key: r for r in regions},
+        health={key(n): h for n, h in health.items()},
+        now=now,
+        mono=mono,
+        renew_interval=renew_interval,
     )
 
 

@@ -1,0 +1,231 @@
+"""The leadership loop: every retry interval (or sooner when woken), for each group of regions,
+read the Lease, :func:`~.decide.decide` one step, write the next Lease, then the regions' status
+and Events.
+
+It keeps only what kopf's watches feed it (region and Deployment bodies) and health; everything
+else lives in the Lease and the regions' status, so an operator restarted mid-way picks up where
+the previous one stopped. Writes are guarded by ``resourceVersion``: a Lease changed under us is
+a :class:`~..kube.Conflict`, and the step is decided again from what is there now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+from memoria.contract import holder_identity, lease_name
+
+from .. import conditions as c
+from ..config import OperatorConfig
+from ..health import Health, HealthTracker
+from ..kube import Conflict, Kube, path_for
+from ..liveness import LIVENESS
+from ..metrics import OperatorMetrics
+from ..model import Region
+from .decide import Decision, GroupView, decide
+from .lease import API_VERSION, DecisionKind, next_lease
+from .status import (
+    Event,
+    lease_status,
+    region_events,
+    region_status,
+    status_unchanged,
+    transition_events,
+)
+
+log = logging.getLogger("memoria_operator.leadership")
+
+
+class LeadershipManager:
+    def __init__(self, kube: Kube, config: OperatorConfig, metrics: OperatorMetrics) -> None:
+        self.kube = kube
+        self.config = config
+        self.metrics = metrics
+        self.regions: dict[str, dict[str, Any]] = {}
+        self.deployments: dict[str, dict[str, Any]] = {}
+        self.health = HealthTracker(config.health_probe_timeout_seconds)
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conflicts: set[str] = set()
+
+    # -- inputs from kopf's watches ----------------------------------------------------------
+
+    def observe_region(self, body: dict[str, Any], *, deleted: bool) -> None:
+        key = holder_identity(body["metadata"]["namespace"], body["metadata"]["name"])
+        if deleted or body["metadata"].get("deletionTimestamp"):
+            self.regions.pop(key, None)
+            self.health.forget(key)
+        else:
+            self.regions[key] = body
+        self.wake()
+
+    def observe_deployment(self, body: dict[str, Any], *, deleted: bool) -> None:
+        key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+        if deleted:
+            self.deployments.pop(key, None)
+        else:
+            self.deployments[key] = body
+
+    def wake(self) -> None:
+        """Run a tick soon; safe from kopf's worker threads and from the loop itself."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake.set()
+        else:
+            loop.call_soon_threadsafe(self._wake.set)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        try:
+            while True:
+                LIVENESS.beat()
+                try:
+                    await self.tick()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the API, a probe, a bug: the next tick starts afresh
+                    log.exception("leadership tick failed; retrying")
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.config.retry_interval_seconds)
+        finally:
+            await self.health.close()
+
+    async def tick(self) -> None:
+        regions: dict[tuple[str, str], dict[str, Region]] = {}
+        for body in list(self.regions.values()):
+            try:
+                region = Region.from_body(body)
+            except Exception as exc:  # one bad object must not stop the rest
+                log.warning("skipping %s: %s", body["metadata"].get("name"), exc)
+                continue
+            regions.setdefault(region.group_key, {})[region.key] = region
+        all_regions = [r for group in regions.values() for r in group.values()]
+        checks = await asyncio.gather(
+            *(
+                self.health.check(r, self.deployments.get(f"{r.namespace}/{r.workload_name}"))
+                for r in all_regions
+            )
+        )
+        health = {r.key: h for r, h in zip(all_regions, checks, strict=True)}
+        for (namespace, group), members in regions.items():
+            await self.step(namespace, group, members, health)
+
+    async def step(
+        self, namespace: str, group: str, members: dict[str, Region], health: dict[str, Health]
+    ) -> None:
+        lease_path = path_for(API_VERSION, "Lease", namespace, lease_name(group))
+        lease = await asyncio.to_thread(self.kube.get, lease_path)
+        view = GroupView(
+            namespace=namespace,
+            group=group,
+            lease=lease,
+            regions=members,
+            health=health,
+            now=dt.datetime.now(dt.UTC),
+            mono=time.monotonic(),
+            renew_interval=self.config.renew_interval_seconds,
+        )
+        decision = decide(view)
+        if decision.kind is not DecisionKind.KEEP:
+            try:
+                lease = await asyncio.to_thread(self._write_lease, view, decision)
+            except Conflict:
+                log.info("lease %s changed under us; deciding again", lease_path)
+                self.wake()
+                return
+        await asyncio.to_thread(self._publish, view, decision, lease)
+
+    # -- effects -----------------------------------------------------------------------------
+
+    def _write_lease(self, view: GroupView, decision: Decision) -> dict[str, Any]:
+        body = next_lease(
+            view.lease,
+            decision,
+            namespace=view.namespace,
+            group=view.group,
+            now=view.now,
+            duration=self.config.lease_duration_seconds,
+        )
+        path = path_for(API_VERSION, "Lease", view.namespace)
+        if view.lease is None:
+            written: dict[str, Any] = self.kube.create(path, body)
+        else:
+            written = self.kube.replace(f"{path}/{lease_name(view.group)}", body)
+        if decision.kind is DecisionKind.RENEW:
+            self.metrics.renewed(view.namespace, view.group)
+        else:
+            self._log_transition(view, decision, int(body["spec"]["leaseTransitions"]))
+        return written
+
+    def _log_transition(self, view: GroupView, decision: Decision, token: int) -> None:
+        log.info(
+            "group %s/%s: %s (%s): %s [fencing token %d]",
+            view.namespace,
+            view.group,
+            decision.kind,
+            decision.reason,
+            decision.message,
+            token,
+        )
+        self.metrics.transitions.labels(view.namespace, view.group, decision.reason).inc()
+        if decision.kind is DecisionKind.ACQUIRE:
+            self.metrics.renewed(view.namespace, view.group)
+            if decision.unhealthy_for is not None:
+                self.metrics.failover_seconds.labels(view.namespace, view.group).observe(
+                    decision.unhealthy_for
+                )
+        self._post(transition_events(view.lease, decision, token))
+
+    def _post(self, events: list[Event]) -> None:
+        for event in events:
+            body = self.regions.get(event.regarding)
+            if body is not None:
+                self.kube.event(body, event.type, event.reason, event.message)
+
+    def _publish(self, view: GroupView, decision: Decision, lease: dict[str, Any] | None) -> None:
+        """Write each region's leadership facts into its status (only what changed)."""
+        leadership = lease_status(view.group, lease)
+        holder = leadership["holder"]
+        self.metrics.set_holder(
+            view.namespace,
+            view.group,
+            [r.name for r in view.regions.values()],
+            holder.split("/", 1)[-1] if holder else None,
+        )
+        for region in view.regions.values():
+            self._publish_region(view, decision, region, leadership)
+
+    def _publish_region(
+        self, view: GroupView, decision: Decision, region: Region, leadership: dict[str, Any]
+    ) -> None:
+        wanted, cond = region_status(view, decision, region, leadership)
+        if region.key not in decision.acks and status_unchanged(region.status, wanted, cond):
+            return
+
+        def mutate(status: dict[str, Any]) -> None:
+            status.update(wanted)
+            status["conditions"] = c.merge(status.get("conditions") or [], [cond])
+
+        self.kube.update_status(region.namespace, region.name, mutate)
+        if region.key not in self.regions:
+            return
+        self._post(
+            region_events(decision, region.key, conflict_reported=region.key in self._conflicts)
+        )
+        if region.key in decision.conflict:
+            self._conflicts.add(region.key)
+        else:
+            self._conflicts.discard(region.key)
