@@ -140,7 +140,7 @@ class Reconciler:
         with self._locks[region.key]:  # one reconcile per region at a time, whatever woke it
             try:
                 result = self._reconcile(region, body)
-            except Exception:
+            except Exception:  # whatever failed is counted, then kopf retries it
                 if self.metrics:
                     self.metrics.reconciles.labels("error").inc()
                 raise
