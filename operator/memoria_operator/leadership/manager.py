@@ -26,8 +26,16 @@ from ..kube import Conflict, Kube, path_for
 from ..liveness import LIVENESS
 from ..metrics import OperatorMetrics
 from ..model import Region
+from ..render import selector
 from .decide import Decision, GroupView, decide
-from .lease import API_VERSION, DecisionKind, next_lease
+from .endpoint import (
+    label_patches,
+    pod_selector,
+    render_group_service,
+    service_name,
+    serving_key,
+)
+from .lease import API_VERSION, DecisionKind, next_lease, read_lease
 from .status import (
     Event,
     lease_status,
@@ -51,6 +59,7 @@ class LeadershipManager:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conflicts: set[str] = set()
+        self._services: dict[tuple[str, str], dict[str, Any]] = {}  # group Services applied
 
     # -- inputs from kopf's watches ----------------------------------------------------------
 
@@ -146,7 +155,8 @@ class LeadershipManager:
                 log.info("lease %s changed under us; deciding again", lease_path)
                 self.wake()
                 return
-        await asyncio.to_thread(self._publish, view, decision, lease)
+        serving = await asyncio.to_thread(self._route, view, lease)
+        await asyncio.to_thread(self._publish, view, decision, lease, serving)
 
     # -- effects -----------------------------------------------------------------------------
 
@@ -195,9 +205,46 @@ class LeadershipManager:
             if body is not None:
                 self.kube.event(body, event.type, event.reason, event.message)
 
-    def _publish(self, view: GroupView, decision: Decision, lease: dict[str, Any] | None) -> None:
+    def _route(self, view: GroupView, lease: dict[str, Any] | None) -> str | None:
+        """Point the group's write endpoint at the region that should serve it; return that
+        region's key. The label comes off every other region's pods before it goes on the
+        serving region's, so the endpoint never holds two regions."""
+        self._ensure_group_service(view)
+        facts = read_lease(lease, view.now)
+        serving = serving_key(facts.holder, view.healthy(facts.holder or ""), facts.in_handover)
+        order = sorted(view.regions.values(), key=lambda r: r.key == serving)  # others first
+        for region in order:
+            pods = self.kube.list(
+                path_for("v1", "Pod", region.namespace),
+                labelSelector=pod_selector(selector(region)),
+            )
+            for name, patch in label_patches(pods, serve=region.key == serving):
+                try:
+                    self.kube.merge_patch(path_for("v1", "Pod", region.namespace, name), patch)
+                except Exception as exc:  # a pod gone meanwhile; the next tick looks again
+                    log.info("could not relabel pod %s/%s: %s", region.namespace, name, exc)
+        return serving
+
+    def _ensure_group_service(self, view: GroupView) -> None:
+        owners = [(r.name, r.uid) for r in view.regions.values() if r.uid]
+        wanted = render_group_service(view.namespace, view.group, owners)
+        key = (view.namespace, view.group)
+        if self._services.get(key) == wanted:
+            return
+        self.kube.apply(wanted)
+        self._services[key] = wanted
+
+    def _publish(
+        self,
+        view: GroupView,
+        decision: Decision,
+        lease: dict[str, Any] | None,
+        serving: str | None = None,
+    ) -> None:
         """Write each region's leadership facts into its status (only what changed)."""
         leadership = lease_status(view.group, lease)
+        leadership["service"] = service_name(view.group)
+        leadership["serving"] = serving.split("/", 1)[1] if serving else ""
         holder = leadership["holder"]
         self.metrics.set_holder(
             view.namespace,

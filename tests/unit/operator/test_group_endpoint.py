@@ -1,0 +1,66 @@
+"""The group write endpoint's pure parts: the Service, who serves, and the label patches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from memoria_operator.leadership.endpoint import (
+    SERVING_LABEL,
+    label_patches,
+    render_group_service,
+    service_name,
+    serving_key,
+)
+
+
+def test_group_service_selects_serving_pods_of_the_group_and_is_owned_by_all_regions() -> None:
+    svc = render_group_service("ns", "payments", [("b", "uid-b"), ("a", "uid-a")])
+    assert svc["metadata"]["name"] == service_name("payments") == "memoria-payments-rw"
+    assert svc["spec"]["selector"] == {
+        "app.kubernetes.io/name": "memoria",
+        "memoria.arcafutura.io/group": "payments",
+        SERVING_LABEL: "true",
+    }
+    owners = svc["metadata"]["ownerReferences"]
+    assert [(o["name"], o["uid"]) for o in owners] == [("a", "uid-a"), ("b", "uid-b")]
+    # no controller owner: deleting one region must not take the group's endpoint with it
+    assert all("controller" not in o for o in owners)
+    assert svc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "memoria-operator"
+
+
+@pytest.mark.parametrize(
+    ("holder", "healthy", "handover", "expected"),
+    [
+        ("ns/a", True, False, "ns/a"),
+        ("ns/a", False, False, None),  # a leader judged unhealthy leaves at once
+        (None, True, True, None),  # nobody serves while a handover is in progress
+        ("", True, False, None),
+        (None, False, False, None),
+    ],
+)
+def test_serving_key(
+    holder: str | None, healthy: bool, handover: bool, expected: str | None
+) -> None:
+    assert serving_key(holder, healthy, handover) == expected
+
+
+def _pod(name: str, serving: bool, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {SERVING_LABEL: "true"} if serving else {}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta}
+
+
+def test_label_patches_add_and_remove_only_what_differs() -> None:
+    pods = [_pod("p1", False), _pod("p2", True), _pod("p3", True, deleting=True)]
+    assert label_patches(pods, serve=True) == [
+        ("p1", {"metadata": {"labels": {SERVING_LABEL: "true"}}}),
+        ("p3", {"metadata": {"labels": {SERVING_LABEL: None}}}),
+    ]
+    assert label_patches(pods, serve=False) == [
+        ("p2", {"metadata": {"labels": {SERVING_LABEL: None}}}),
+        ("p3", {"metadata": {"labels": {SERVING_LABEL: None}}}),
+    ]
+    assert label_patches([_pod("p4", True)], serve=True) == []
