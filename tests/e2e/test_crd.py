@@ -74,6 +74,16 @@ HOSTILE: list[tuple[str, dict[str, Any], str]] = [
         "spec.sync.table is only allowed with backend postgres",
     ),
     (
+        "replicas-on-the-embedded-store",
+        with_path(BASE, "spec.replicas", 2),
+        "spec.replicas above 1 needs a shared store (spec.store.connectionSecretRef)",
+    ),
+    (
+        "claim-size-not-a-quantity",
+        with_path(BASE, "spec.store", {"persistence": {"size": "lots"}}),
+        "spec.store.persistence.size",
+    ),
+    (
         "both-connection-sources",
         with_path(BASE, "spec.sync.connectionSecretRef", {"name": "s", "key": "url"}),
         "set exactly one of spec.sync.connectionUrl and spec.sync.connectionSecretRef",

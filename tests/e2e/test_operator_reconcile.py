@@ -183,6 +183,11 @@ def test_spec_update_rolls_out(
     kube = crd_installed
     kube.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "region-a.yaml"))
     eventually(lambda: deployment(kube, namespace, "region-a"), what="deployment")
+    # two replicas need a shared store: the CRD refuses them on the embedded one
+    kube.kubectl(
+        "create", "secret", "generic", "region-a-store", "-n", namespace,
+        "--from-literal=url=postgresql://memoria@pg.example:5432/memoria",
+    )  # fmt: skip
     kube.kubectl(
         "patch",
         "mreg",
@@ -192,7 +197,8 @@ def test_spec_update_rolls_out(
         "--type=merge",
         "-p",
         '{"spec": {"privacy": {"floor": -5, "ceiling": 12}, '
-        '"sync": {"channel": "memoria-sync-v2"}, "replicas": 2}}',
+        '"sync": {"channel": "memoria-sync-v2"}, "replicas": 2, '
+        '"store": {"connectionSecretRef": {"name": "region-a-store"}}}}',
     )
 
     def followed() -> bool:
