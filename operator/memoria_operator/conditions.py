@@ -16,6 +16,7 @@ CONFIG_VALID = "ConfigValid"
 SECRETS_AVAILABLE = "SecretsAvailable"
 DEPLOYMENT_AVAILABLE = "DeploymentAvailable"
 LEADERSHIP = "LeadershipValid"
+HEALTHY = "Healthy"  # the operator's own probes (written by the leadership loop)
 
 # reasons
 AVAILABLE = "Available"
@@ -29,6 +30,11 @@ SECRETS_FOUND = "SecretsFound"
 LEADER_CONFLICT = "LeaderConflict"
 LEADERSHIP_OK = "LeadershipOK"
 RECONCILE_ERROR = "ReconcileError"
+PROBES_ANSWER = "ProbesAnswer"
+UNHEALTHY = "Unhealthy"
+
+# what Ready sums up, in the order its reason is taken from the first that fails
+READY_INPUTS = (CONFIG_VALID, SECRETS_AVAILABLE, DEPLOYMENT_AVAILABLE, HEALTHY)
 
 
 def now() -> str:
@@ -67,3 +73,17 @@ def merge(existing: list[dict[str, Any]], updates: list[dict[str, Any]]) -> list
 
 def find(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
     return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def ready(conditions: list[dict[str, Any]], generation: int) -> dict[str, Any]:
+    """The Ready condition from the detail conditions present: False with the reason of the
+    first that is not True, else True. The reconciler and the leadership loop both write detail
+    conditions; each recomputes Ready from the whole, freshly read set, so neither can leave a
+    Ready that contradicts the other's findings."""
+    for type_ in READY_INPUTS:
+        found = find(conditions, type_)
+        if found is not None and found.get("status") != "True":
+            return condition(
+                READY, False, str(found["reason"]), str(found.get("message", "")), generation
+            )
+    return condition(READY, True, AVAILABLE, "region is running", generation)

@@ -79,6 +79,17 @@ def scheduler_leading(body: Any) -> bool | None:
     return bool(scheduler.get("leading"))
 
 
+def lease_blind(body: Any) -> bool:
+    """True when a /healthz body says the region follows a Lease but cannot watch it: such a
+    region never arms its scheduler, so it must neither keep nor be given leadership."""
+    if not isinstance(body, dict):
+        return False
+    leadership = body.get("leadership")
+    if not isinstance(leadership, dict) or not leadership.get("lease"):
+        return False
+    return leadership.get("watch_connected") is False
+
+
 async def probe(
     session: aiohttp.ClientSession, url: str, limit: float
 ) -> tuple[bool, str, bool | None]:
@@ -88,9 +99,12 @@ async def probe(
             url, timeout=aiohttp.ClientTimeout(total=limit), allow_redirects=False
         ) as resp:
             try:
-                leading = scheduler_leading(await resp.json(content_type=None))
+                body = await resp.json(content_type=None)
             except ValueError:  # not JSON (or not UTF-8): the status code alone decides
-                leading = None
+                body = None
+            leading = scheduler_leading(body)
+            if resp.status == 200 and lease_blind(body):
+                return False, f"{url} answered but cannot watch its Lease", leading
             if resp.status == 200:
                 return True, f"{url} answered 200", leading
             return False, f"{url} answered {resp.status}", leading

@@ -199,11 +199,9 @@ class Reconciler:
         ok, reason, message = self._availability(region, deployment)
         updates.append(c.condition(c.DEPLOYMENT_AVAILABLE, ok, reason, message, gen))
         failing = [u for u in updates if u["status"] != "True"]
-        if failing:
-            first = failing[0]
-            ready = c.condition(c.READY, False, first["reason"], first["message"], gen)
-        else:
-            ready = c.condition(c.READY, True, c.AVAILABLE, "region is running", gen)
+        # Ready also sums up Healthy, which the leadership loop writes from its probes
+        healthy = c.find((region.status or {}).get("conditions") or [], c.HEALTHY)
+        ready = c.ready([*updates, *([healthy] if healthy else [])], gen)
         updates.insert(0, ready)
 
         self._write_status(region, body, updates, changed)

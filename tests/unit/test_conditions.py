@@ -186,3 +186,22 @@ def test_condition_type_and_reason_constants() -> None:
     )
     assert c.LEADERSHIP == "LeadershipValid"
     assert c.LEADER_CONFLICT == "LeaderConflict"
+
+
+def test_ready_sums_up_health_too() -> None:
+    """The leadership loop's Healthy condition counts for Ready, like the reconciler's."""
+    ok = [
+        c.condition(c.CONFIG_VALID, True, c.VALID, "", 1),
+        c.condition(c.DEPLOYMENT_AVAILABLE, True, c.AVAILABLE, "1/1", 1),
+    ]
+    assert c.ready(ok, 1)["status"] == "True"
+    sick = [*ok, c.condition(c.HEALTHY, False, c.UNHEALTHY, "cannot watch its Lease", 1)]
+    ready = c.ready(sick, 1)
+    assert (ready["status"], ready["reason"], ready["message"]) == (
+        "False",
+        c.UNHEALTHY,
+        "cannot watch its Lease",
+    )
+    # the first failing input in READY_INPUTS order gives the reason
+    worse = [c.condition(c.CONFIG_VALID, False, "Bad", "spec is wrong", 1), *sick[1:]]
+    assert c.ready(worse, 1)["reason"] == "Bad"

@@ -38,6 +38,8 @@ from .endpoint import (
 from .lease import API_VERSION, DecisionKind, next_lease, read_lease
 from .status import (
     Event,
+    conditions_unchanged,
+    health_conditions,
     lease_status,
     region_events,
     region_status,
@@ -259,12 +261,18 @@ class LeadershipManager:
         self, view: GroupView, decision: Decision, region: Region, leadership: dict[str, Any]
     ) -> None:
         wanted, cond = region_status(view, decision, region, leadership)
-        if region.key not in decision.acks and status_unchanged(region.status, wanted, cond):
+        health = health_conditions(view, region, region.status)
+        if (
+            region.key not in decision.acks
+            and status_unchanged(region.status, wanted, cond)
+            and conditions_unchanged(region.status, health)
+        ):
             return
 
         def mutate(status: dict[str, Any]) -> None:
             status.update(wanted)
-            status["conditions"] = c.merge(status.get("conditions") or [], [cond])
+            fresh = health_conditions(view, region, status)  # Ready from what is there now
+            status["conditions"] = c.merge(status.get("conditions") or [], [cond, *fresh])
 
         self.kube.update_status(region.namespace, region.name, mutate)
         if region.key not in self.regions:

@@ -140,6 +140,36 @@ def region_status(
     return wanted, cond
 
 
+def health_conditions(
+    view: GroupView, region: Region, current: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """``Healthy`` from the operator's probes, and ``Ready`` recomputed with it from the
+    ``current`` status' other conditions; nothing before the region was first probed. A region
+    that is Available but whose processes do not answer, or cannot watch their Lease, is not
+    Ready."""
+    h = view.health.get(region.key)
+    if h is None:
+        return []
+    reason = c.PROBES_ANSWER if h.healthy else c.UNHEALTHY
+    healthy = c.condition(c.HEALTHY, h.healthy, reason, h.message, region.generation)
+    merged = c.merge(current.get("conditions") or [], [healthy])
+    return [healthy, c.ready(merged, region.generation)]
+
+
+def conditions_unchanged(current: dict[str, Any], conds: list[dict[str, Any]]) -> bool:
+    """True when ``current`` already has each of ``conds`` (status, reason and message)."""
+    existing = current.get("conditions") or []
+    for cond in conds:
+        found = c.find(existing, cond["type"])
+        if found is None or (found.get("status"), found.get("reason"), found.get("message")) != (
+            cond["status"],
+            cond["reason"],
+            cond["message"],
+        ):
+            return False
+    return True
+
+
 def status_unchanged(current: dict[str, Any], wanted: dict[str, Any], cond: dict[str, Any]) -> bool:
     """True when ``current`` already says all of ``wanted`` and ``cond`` (its time aside)."""
     existing = c.find(current.get("conditions") or [], c.LEADERSHIP)

@@ -44,11 +44,13 @@ class _Server:
         self.status = 200
         self.location: str | None = None
         self.leading = False
+        self.body: dict[str, Any] | None = None
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = json.dumps({"scheduler": {"leading": owner.leading}}).encode()
+                answer = owner.body or {"scheduler": {"leading": owner.leading}}
+                body = json.dumps(answer).encode()
                 self.send_response(owner.status)
                 if owner.location:
                     self.send_header("Location", owner.location)
@@ -131,3 +133,17 @@ def test_a_silent_process_is_unhealthy_within_the_timeout() -> None:
         assert "did not answer within 0.5s" in health.message
     finally:
         sock.close()
+
+
+def test_a_region_that_cannot_watch_its_lease_is_not_healthy(server: _Server) -> None:
+    """It answers, but it never arms its scheduler: it may neither keep nor win the Lease."""
+    from memoria_operator.health import lease_blind
+
+    assert lease_blind({"leadership": {"lease": "ns/l", "watch_connected": False}})
+    assert not lease_blind({"leadership": {"lease": "ns/l", "watch_connected": True}})
+    assert not lease_blind({"leadership": {"lease": None, "held": True}})  # no Lease to follow
+    assert not lease_blind(None)
+    server.body = {"leadership": {"lease": "ns/l", "watch_connected": False}}
+    health = _check(HealthTracker(1.0), _region(server.url))
+    assert not health.healthy
+    assert "cannot watch its Lease" in health.message
