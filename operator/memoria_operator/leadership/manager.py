@@ -35,7 +35,7 @@ from .endpoint import (
     service_name,
     serving_key,
 )
-from .lease import API_VERSION, DecisionKind, next_lease, read_lease
+from .lease import API_VERSION, DecisionKind, micro_time, next_lease, parse_time, read_lease
 from .status import (
     Event,
     conditions_unchanged,
@@ -262,7 +262,11 @@ class LeadershipManager:
     ) -> None:
         wanted, cond = region_status(view, decision, region, leadership)
         health = health_conditions(view, region, region.status)
-        if (
+        if heartbeat_due(region.status, view.now, self.config.resync_seconds):
+            # status is as of the operator's last look: say when that was, so a status left by
+            # an operator that stopped reads as old (the Seen column) rather than as the truth
+            wanted["observedTime"] = micro_time(view.now)
+        elif (
             region.key not in decision.acks
             and status_unchanged(region.status, wanted, cond)
             and conditions_unchanged(region.status, health)
@@ -284,3 +288,13 @@ class LeadershipManager:
             self._conflicts.add(region.key)
         else:
             self._conflicts.discard(region.key)
+
+
+def heartbeat_due(status: dict[str, Any], now: dt.datetime, every: float) -> bool:
+    """True when the region's ``status.observedTime`` is missing or older than ``every``
+    seconds: the operator then rewrites it even if nothing else changed."""
+    try:
+        seen = parse_time(status.get("observedTime"))
+    except (TypeError, ValueError):  # not a time: rewrite it
+        return True
+    return seen is None or (now - seen).total_seconds() >= every

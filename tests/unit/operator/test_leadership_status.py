@@ -226,3 +226,13 @@ def test_status_unchanged_ignores_only_the_condition_time() -> None:
     assert not status_unchanged({**wanted}, wanted, cond)  # no condition yet
     other = {**cond, "message": "nobody holds it"}
     assert not status_unchanged({**wanted, "conditions": [other]}, wanted, cond)
+
+
+def test_heartbeat_is_due_when_missing_or_older_than_the_resync_interval() -> None:
+    from memoria_operator.leadership.manager import heartbeat_due
+
+    now = dt.datetime(2026, 11, 29, 12, 0, 0, tzinfo=dt.UTC)
+    assert heartbeat_due({}, now, 30)
+    assert heartbeat_due({"observedTime": "garbage"}, now, 30)
+    assert heartbeat_due({"observedTime": "2026-11-29T11:59:30.000000Z"}, now, 30)
+    assert not heartbeat_due({"observedTime": "2026-11-29T11:59:45.000000Z"}, now, 30)
