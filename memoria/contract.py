@@ -27,6 +27,7 @@ HANDOVER_ANNOTATION = f"{GROUP}/handover-to"  # on the Lease: a switchover in pr
 HANDOVER_FROM_ANNOTATION = f"{GROUP}/handover-from"  # on the Lease: who the switchover leaves
 HANDOVER_STARTED_ANNOTATION = f"{GROUP}/handover-started"  # on the Lease: when it began
 REASON_ANNOTATION = f"{GROUP}/transition-reason"  # on the Lease: why its holder last changed
+HOLDER_UID_ANNOTATION = f"{GROUP}/holder-uid"  # on the Lease: which incarnation of the holder
 
 # -- the scheduler Lease --------------------------------------------------------------------------
 LEASE_PREFIX = "memoria-scheduler-"

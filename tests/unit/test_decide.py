@@ -867,3 +867,40 @@ def test_decide_does_not_change_its_view() -> None:
     snapshot = (repr(v.lease), dict(v.regions), dict(v.health), v.now, v.mono)
     decide(v)
     assert (repr(v.lease), dict(v.regions), dict(v.health), v.now, v.mono) == snapshot
+
+
+# == a Lease that outlived its holder (regions deleted and created again) =======================
+
+
+def _stale(holder: str) -> dict[str, Any]:
+    # granted to an earlier incarnation of `holder`, still fresh: the reinstall case of issue 12
+    return lease(key(holder), annotations={"memoria.arcafutura.io/holder-uid": "uid-gone"})
+
+
+def test_stale_holder_waits_for_the_spec_leader_instead_of_failing_over() -> None:
+    regions = [make_region("a", role="leader"), make_region("b", priority=900)]
+    d = decide(view(regions, {"a": unhealthy(30), "b": healthy()}, _stale("a")))
+    assert_keep(d)
+    assert "was deleted and created again" in d.message
+    assert "waiting for the bootstrap leader" in d.message
+
+
+def test_stale_holder_gives_the_lease_to_the_spec_leader_once_healthy() -> None:
+    regions = [make_region("a", role="leader"), make_region("b", priority=900)]
+    d = decide(view(regions, {"a": healthy(), "b": healthy()}, _stale("b")))
+    assert (d.kind, d.holder, d.reason) == ("acquire", key("a"), "Bootstrap")
+
+
+def test_stale_holder_without_a_spec_leader_goes_to_the_best_standby() -> None:
+    regions = [make_region("a"), make_region("b", priority=900)]
+    d = decide(view(regions, {"a": healthy(), "b": healthy()}, _stale("a")))
+    assert (d.kind, d.holder, d.reason) == ("acquire", key("b"), "Failover")
+
+
+def test_same_incarnation_keeps_renewing() -> None:
+    regions = [make_region("a", role="leader"), make_region("b")]
+    current = lease(
+        key("a"), renewed_ago=5, annotations={"memoria.arcafutura.io/holder-uid": "uid-a"}
+    )
+    d = decide(view(regions, {"a": healthy(), "b": healthy()}, current))
+    assert (d.kind, d.holder) == ("renew", None)

@@ -217,6 +217,19 @@ def _bootstrap(view: GroupView, target: Region | None) -> Decision:
     return _keep(f"waiting for the bootstrap leader {leaders[0]} to be healthy and allowed to lead")
 
 
+def _restart(view: GroupView, target: Region | None, why: str) -> Decision:
+    """A stale Lease: the bootstrap rules (spec.role), else the best standby, else release."""
+    decision = _bootstrap(view, target)
+    asked = any(r.spec.role == "leader" for r in view.regions.values())
+    if decision.kind is DecisionKind.ACQUIRE or asked:
+        # granted, or waiting for the one region asked to lead (or for a conflict to be fixed)
+        return replace(decision, message=f"{why}; {decision.message}")
+    decision = _nobody_leads(view, None, why)
+    if decision.kind is DecisionKind.KEEP:
+        return Decision(kind=DecisionKind.RELEASE, reason=TransitionReason.RELEASED, message=why)
+    return decision
+
+
 def _nobody_leads(view: GroupView, target: Region | None, why: str) -> Decision:
     """Nobody holds a valid grant: the promoted region if any, else the best standby."""
     if target is not None:
@@ -236,6 +249,11 @@ def _nobody_leads(view: GroupView, target: Region | None, why: str) -> Decision:
 def _with_holder(view: GroupView, facts: LeaseFacts, target: Region | None) -> Decision:
     holder = facts.holder or ""
     current = view.regions.get(holder)
+    if current is not None and facts.holder_uid and current.uid and facts.holder_uid != current.uid:
+        # the Lease outlived its holder: this region has the holder's name but was created
+        # again (a reinstall, a namespace re-applied). The group starts over as at bootstrap,
+        # honouring spec.role, with the fencing token still counting up from the old Lease.
+        return _restart(view, target, f"holder {holder} was deleted and created again")
     if current is None:
         decision = _nobody_leads(view, target, f"holder {holder} no longer exists")
         if decision.kind is DecisionKind.KEEP:

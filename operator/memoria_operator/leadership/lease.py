@@ -26,6 +26,7 @@ from memoria.contract import (
     HANDOVER_ANNOTATION,
     HANDOVER_FROM_ANNOTATION,
     HANDOVER_STARTED_ANNOTATION,
+    HOLDER_UID_ANNOTATION,
     REASON_ANNOTATION,
     lease_name,
 )
@@ -144,6 +145,7 @@ class LeaseFacts:
     handover_to: str | None
     handover_from: str | None
     reason: TransitionReason | None
+    holder_uid: str | None = None  # the uid of the MemoriaRegion the Lease was granted to
 
     @property
     def in_handover(self) -> bool:
@@ -168,6 +170,7 @@ def read_lease(lease: dict[str, Any] | None, now: dt.datetime) -> LeaseFacts:
         handover_to=annotations.get(HANDOVER_ANNOTATION) or None,
         handover_from=annotations.get(HANDOVER_FROM) or None,
         reason=TransitionReason.recorded(annotations.get(REASON_ANNOTATION)),
+        holder_uid=annotations.get(HOLDER_UID_ANNOTATION) or None,
     )
 
 

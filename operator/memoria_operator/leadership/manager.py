@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from memoria.contract import holder_identity, lease_name
+from memoria.contract import HOLDER_UID_ANNOTATION, holder_identity, lease_name
 
 from .. import conditions as c
 from ..config import OperatorConfig
@@ -171,6 +171,12 @@ class LeadershipManager:
             now=view.now,
             duration=self.config.lease_duration_seconds,
         )
+        if decision.kind is DecisionKind.ACQUIRE:
+            # the incarnation that was granted: a region deleted and created again under the
+            # same name is a new region, not the holder (see decide's bootstrap of a stale Lease)
+            granted = view.regions.get(decision.holder or "")
+            annotations = body["metadata"].setdefault("annotations", {})
+            annotations[HOLDER_UID_ANNOTATION] = granted.uid if granted else ""
         path = path_for(API_VERSION, "Lease", view.namespace)
         if view.lease is None:
             written: dict[str, Any] = self.kube.create(path, body)
