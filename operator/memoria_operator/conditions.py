@@ -17,6 +17,7 @@ SECRETS_AVAILABLE = "SecretsAvailable"
 DEPLOYMENT_AVAILABLE = "DeploymentAvailable"
 LEADERSHIP = "LeadershipValid"
 HEALTHY = "Healthy"  # the operator's own probes (written by the leadership loop)
+RESOURCES_OWNED = "ResourcesOwned"  # every object the region needs is the operator's to manage
 
 # reasons
 AVAILABLE = "Available"
@@ -32,9 +33,11 @@ LEADERSHIP_OK = "LeadershipOK"
 RECONCILE_ERROR = "ReconcileError"
 PROBES_ANSWER = "ProbesAnswer"
 UNHEALTHY = "Unhealthy"
+CONFLICT = "Conflict"
+OWNED = "Owned"
 
 # what Ready sums up, in the order its reason is taken from the first that fails
-READY_INPUTS = (CONFIG_VALID, SECRETS_AVAILABLE, DEPLOYMENT_AVAILABLE, HEALTHY)
+READY_INPUTS = (CONFIG_VALID, SECRETS_AVAILABLE, RESOURCES_OWNED, DEPLOYMENT_AVAILABLE, HEALTHY)
 
 
 def now() -> str:

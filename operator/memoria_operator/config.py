@@ -48,6 +48,9 @@ class OperatorConfig(BaseSettings):
     health_probe_timeout_seconds: float = Field(default=1.0, gt=0, le=30)
     # level-based safety net: every region is reconciled at least this often
     resync_seconds: float = Field(default=30.0, ge=1, le=3600)
+    # how old status.observedTime may get before the leadership loop rewrites it: an older
+    # one tells users that no operator runs (the Seen column)
+    heartbeat_seconds: float = Field(default=30.0, ge=5, le=3600)
     # the operator's own Lease (two replicas never act at once)
     leader_election: bool = True
     election_lease_name: str = "memoria-operator"

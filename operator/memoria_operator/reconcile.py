@@ -109,6 +109,51 @@ def _pods_stuck(kube: Kube, region: Region) -> tuple[str, str] | None:
     return None
 
 
+def _secrets_condition(region: Region, problem: tuple[str, str] | None, gen: int) -> dict[str, Any]:
+    if problem:
+        return c.condition(c.SECRETS_AVAILABLE, False, *problem, gen)
+    n = len(secret_refs(region))
+    return c.condition(
+        c.SECRETS_AVAILABLE, True, c.SECRETS_FOUND, f"{n} Secret reference(s) resolved", gen
+    )
+
+
+def _ownership_condition(region: Region, foreign: list[str], gen: int) -> dict[str, Any]:
+    if not foreign:
+        return c.condition(c.RESOURCES_OWNED, True, c.OWNED, "all objects are ours", gen)
+    return c.condition(
+        c.RESOURCES_OWNED,
+        False,
+        c.CONFLICT,
+        f"{', '.join(foreign)} already exist(s) in namespace {region.namespace} and are not "
+        "managed by memoria-operator; the operator will not take them over: rename or delete "
+        "them, or rename this MemoriaRegion",
+        gen,
+    )
+
+
+def _path_of(obj: dict[str, Any]) -> str:
+    meta = obj["metadata"]
+    return path_for(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+
+
+def owned_by(existing: dict[str, Any] | None, region: Region) -> bool:
+    """True when the operator may write ``existing`` for ``region``: it does not exist yet, it
+    is owned by this region, or it carries our managed-by label for this region (an object of
+    an earlier incarnation of the region). Anything else belongs to someone else and is never
+    adopted or overwritten."""
+    if existing is None:
+        return True
+    meta = existing.get("metadata") or {}
+    if any(ref.get("uid") == region.uid for ref in meta.get("ownerReferences") or []):
+        return True
+    labels = meta.get("labels") or {}
+    return (
+        labels.get("app.kubernetes.io/managed-by") == "memoria-operator"
+        and labels.get("app.kubernetes.io/instance") == region.name
+    )
+
+
 def _deployment_availability(
     deployment: dict[str, Any] | None, replicas: int
 ) -> tuple[bool, str, str]:
@@ -163,31 +208,29 @@ class Reconciler:
             updates.append(c.condition(c.CONFIG_VALID, True, c.VALID, "spec is consistent", gen))
 
         secret = _secret_problem(self.kube, region)
-        if secret:
-            updates.append(c.condition(c.SECRETS_AVAILABLE, False, *secret, gen))
-        else:
-            n = len(secret_refs(region))
-            updates.append(
-                c.condition(
-                    c.SECRETS_AVAILABLE,
-                    True,
-                    c.SECRETS_FOUND,
-                    f"{n} Secret reference(s) resolved",
-                    gen,
-                )
-            )
+        updates.append(_secrets_condition(region, secret, gen))
 
         deployment: dict[str, Any] | None
         dep_path = path_for("apps/v1", "Deployment", region.namespace, region.workload_name)
-        if problems:
-            # a spec the pods cannot run: leave what is deployed alone until it is fixed
+        wanted = render_all(region, self.default_image)
+        current = {id(obj): self.kube.get(_path_of(obj)) for obj in wanted}
+        foreign = [
+            f"{obj['kind']} {obj['metadata']['name']}"
+            for obj in wanted
+            if not owned_by(current[id(obj)], region)
+        ]
+        updates.append(_ownership_condition(region, foreign, gen))
+        if problems or secret or foreign:
+            # a spec the pods cannot run, a Secret they would not find, or a name taken by
+            # someone else: leave what is deployed alone until it is fixed
             deployment = self.kube.get(dep_path)
+            if not owned_by(deployment, region):
+                deployment = None  # someone else's Deployment says nothing about this region
         else:
             deployment = None
-            for obj in render_all(region, self.default_image):
+            for obj in wanted:
                 meta = obj["metadata"]
-                path = path_for(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
-                before = self.kube.get(path)
+                before = current[id(obj)]
                 after = self.kube.apply(obj)
                 if before is None:
                     changed.append(f"Created {obj['kind']} {meta['name']}")

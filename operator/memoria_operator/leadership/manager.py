@@ -62,6 +62,7 @@ class LeadershipManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conflicts: set[str] = set()
         self._services: dict[tuple[str, str], dict[str, Any]] = {}  # group Services applied
+        self._foreign_services: set[tuple[str, str]] = set()  # group names taken by others
 
     # -- inputs from kopf's watches ----------------------------------------------------------
 
@@ -239,6 +240,26 @@ class LeadershipManager:
         key = (view.namespace, view.group)
         if self._services.get(key) == wanted:
             return
+        existing = self.kube.get(
+            path_for("v1", "Service", view.namespace, service_name(view.group))
+        )
+        labels = ((existing or {}).get("metadata") or {}).get("labels") or {}
+        if (
+            existing is not None
+            and labels.get("app.kubernetes.io/managed-by") != "memoria-operator"
+        ):
+            # never adopt or overwrite someone else's Service: say so once per operator run
+            if key not in self._foreign_services:
+                self._foreign_services.add(key)
+                log.warning(
+                    "group %s/%s: Service %s exists and is not managed by memoria-operator; "
+                    "the group's write endpoint is not published until it is renamed or deleted",
+                    view.namespace,
+                    view.group,
+                    service_name(view.group),
+                )
+            return
+        self._foreign_services.discard(key)
         self.kube.apply(wanted)
         self._services[key] = wanted
 
@@ -268,7 +289,7 @@ class LeadershipManager:
     ) -> None:
         wanted, cond = region_status(view, decision, region, leadership)
         health = health_conditions(view, region, region.status)
-        if heartbeat_due(region.status, view.now, self.config.resync_seconds):
+        if heartbeat_due(region.status, view.now, self.config.heartbeat_seconds):
             # status is as of the operator's last look: say when that was, so a status left by
             # an operator that stopped reads as old (the Seen column) rather than as the truth
             wanted["observedTime"] = micro_time(view.now)
@@ -279,14 +300,29 @@ class LeadershipManager:
         ):
             return
 
+        flipped: list[dict[str, Any]] = []
+
         def mutate(status: dict[str, Any]) -> None:
+            flipped.clear()  # called again on a write conflict
             status.update(wanted)
             fresh = health_conditions(view, region, status)  # Ready from what is there now
+            before = c.find(status.get("conditions") or [], c.READY)
             status["conditions"] = c.merge(status.get("conditions") or [], [cond, *fresh])
+            after = c.find(status["conditions"], c.READY)
+            if after is not None and (before or {}).get("status") != after["status"]:
+                flipped.append(after)
 
         self.kube.update_status(region.namespace, region.name, mutate)
         if region.key not in self.regions:
             return
+        for ready in flipped:  # the reconciler's rule: an Event when Ready flips
+            up = ready["status"] == "True"
+            self.kube.event(
+                self.regions[region.key],
+                "Normal" if up else "Warning",
+                "Ready" if up else str(ready["reason"]),
+                str(ready["message"]),
+            )
         self._post(
             region_events(decision, region.key, conflict_reported=region.key in self._conflicts)
         )
