@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from memoria.contract import (
@@ -16,6 +16,8 @@ from memoria.contract import (
 )
 from memoria.errors import SettingsError
 from memoria.settings import describe_validation_error
+
+from .probepolicy import ProbePolicy
 
 __all__ = [
     "API_VERSION",
@@ -51,11 +53,23 @@ class OperatorConfig(BaseSettings):
     # how old status.observedTime may get before the leadership loop rewrites it: an older
     # one tells users that no operator runs (the Seen column)
     heartbeat_seconds: float = Field(default=30.0, ge=5, le=3600)
+    # health URLs beyond each region's own Service: host names, *.suffixes, CIDRs (probepolicy)
+    health_url_allow: str = ""
     # the operator's own Lease (two replicas never act at once)
     leader_election: bool = True
     election_lease_name: str = "memoria-operator"
     election_namespace: str = Field(default="default", min_length=1)
     metrics_port: int = Field(default=8081, ge=0, le=65535)  # 0: no metrics endpoint
+
+    @field_validator("health_url_allow")
+    @classmethod
+    def _allow(cls, value: str) -> str:
+        ProbePolicy.parse(value)  # a bad entry is refused at start-up, named
+        return value
+
+    @property
+    def probe_policy(self) -> ProbePolicy:
+        return ProbePolicy.parse(self.health_url_allow)
 
     @model_validator(mode="after")
     def _timings(self) -> OperatorConfig:

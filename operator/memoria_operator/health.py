@@ -23,6 +23,7 @@ import aiohttp
 
 from .kube import Kube, path_for
 from .model import Region
+from .probepolicy import ProbePolicy
 from .render import PORT, selector
 
 
@@ -91,9 +92,15 @@ def lease_blind(body: Any) -> bool:
 
 
 async def probe(
-    session: aiohttp.ClientSession, url: str, limit: float
+    session: aiohttp.ClientSession, url: str, limit: float, label: str | None = None
 ) -> tuple[bool, str, bool | None]:
-    """(ok, message, leading) from one GET of a Memoria /healthz, within ``limit`` seconds."""
+    """(ok, message, leading) from one GET of a Memoria /healthz, within ``limit`` seconds.
+
+    ``label`` names the target in the message instead of the URL; given for a user's health
+    URL, whose answer is then reported only as a class (answered N, no answer, connection
+    failed), never its text: status must not turn the operator into an oracle for what a URL
+    answers."""
+    name = label or url
     try:
         async with session.get(
             url, timeout=aiohttp.ClientTimeout(total=limit), allow_redirects=False
@@ -104,22 +111,28 @@ async def probe(
                 body = None
             leading = scheduler_leading(body)
             if resp.status == 200 and lease_blind(body):
-                return False, f"{url} answered but cannot watch its Lease", leading
+                return False, f"{name} answered but cannot watch its Lease", leading
             if resp.status == 200:
-                return True, f"{url} answered 200", leading
-            return False, f"{url} answered {resp.status}", leading
+                return True, f"{name} answered 200", leading
+            if 300 <= resp.status < 400:
+                return False, f"{name} answered {resp.status} (redirects are not followed)", None
+            return False, f"{name} answered {resp.status}", leading
     except TimeoutError:
-        return False, f"{url} did not answer within {limit:g}s", None
+        return False, f"{name} did not answer within {limit:g}s", None
     except (aiohttp.ClientError, OSError) as exc:
-        return False, f"{url} unreachable: {type(exc).__name__} {exc}".strip(), None
+        detail = "" if label else f" {exc}"
+        return False, f"{name} unreachable: {type(exc).__name__}{detail}".strip(), None
 
 
 class HealthTracker:
     """Keeps each region's health and when it last changed."""
 
-    def __init__(self, timeout: float, kube: Kube | None = None) -> None:
+    def __init__(
+        self, timeout: float, kube: Kube | None = None, policy: ProbePolicy | None = None
+    ) -> None:
         self.timeout = timeout
         self.kube = kube  # to find the pods to probe; None: Deployment and URLs only
+        self.policy = policy or ProbePolicy()
         self.state: dict[str, Health] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -153,9 +166,20 @@ class HealthTracker:
         ok, message = deployment_available(deployment)
         urls = await self._urls(region)
         leading: bool | None = None
+        label = None
+        if region.spec.failover.health_url:
+            label = "the health URL"
+            refused = await asyncio.to_thread(
+                self.policy.refusal,
+                region.spec.failover.health_url,
+                own_service=region.workload_name,
+                namespace=region.namespace,
+            )
+            if refused:
+                return self._record(region.key, False, f"health URL refused: {refused}", None)
         if urls:
             session = await self.session()
-            results = await asyncio.gather(*(probe(session, u, self.timeout) for u in urls))
+            results = await asyncio.gather(*(probe(session, u, self.timeout, label) for u in urls))
             answered = [r for r in results if r[0]]
             # the region leads if any pod says so; it is up if any pod answers
             said = [r[2] for r in results if r[2] is not None]

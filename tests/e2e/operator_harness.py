@@ -27,6 +27,8 @@ TEST_ENV = {
     "MEMORIA_OPERATOR_RENEW_INTERVAL_SECONDS": "1",
     "MEMORIA_OPERATOR_RETRY_INTERVAL_SECONDS": "0.25",
     "MEMORIA_OPERATOR_HEALTH_PROBE_TIMEOUT_SECONDS": "0.5",
+    # the regions are processes on loopback: allow probing them there
+    "MEMORIA_OPERATOR_HEALTH_URL_ALLOW": "127.0.0.0/8",
     "MEMORIA_OPERATOR_DEFAULT_IMAGE": "memoria:test",
 }
 

@@ -74,6 +74,21 @@ HOSTILE: list[tuple[str, dict[str, Any], str]] = [
         "spec.sync.table is only allowed with backend postgres",
     ),
     (
+        "health-url-cloud-metadata",
+        with_path(BASE, "spec.failover", {"healthUrl": "http://169.254.169.254/latest/meta-data"}),
+        "spec.failover.healthUrl must not point at a link-local, metadata",
+    ),
+    (
+        "health-url-metadata-name",
+        with_path(BASE, "spec.failover", {"healthUrl": "http://user@Metadata.Google.Internal/x"}),
+        "spec.failover.healthUrl must not point at a link-local, metadata",
+    ),
+    (
+        "health-url-link-local-v6",
+        with_path(BASE, "spec.failover", {"healthUrl": "http://[fe80::1]:8080/healthz"}),
+        "spec.failover.healthUrl must not point at a link-local, metadata",
+    ),
+    (
         "replicas-on-the-embedded-store",
         with_path(BASE, "spec.replicas", 2),
         "spec.replicas above 1 needs a shared store (spec.store.connectionSecretRef)",

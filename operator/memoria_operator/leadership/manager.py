@@ -57,7 +57,7 @@ class LeadershipManager:
         self.metrics = metrics
         self.regions: dict[str, dict[str, Any]] = {}
         self.deployments: dict[str, dict[str, Any]] = {}
-        self.health = HealthTracker(config.health_probe_timeout_seconds, kube)
+        self.health = HealthTracker(config.health_probe_timeout_seconds, kube, config.probe_policy)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conflicts: set[str] = set()

@@ -14,6 +14,10 @@ import pytest
 
 from memoria_operator.health import HealthTracker, running_pod_urls
 from memoria_operator.model import Region
+from memoria_operator.probepolicy import ProbePolicy
+
+# these servers run on loopback, which the operator probes only when told to
+LOOPBACK = ProbePolicy.parse("127.0.0.0/8")
 
 
 def _pod(ip: str | None, phase: str = "Running", deleting: bool = False) -> dict[str, Any]:
@@ -106,7 +110,7 @@ def test_a_redirect_is_not_followed_and_counts_as_unhealthy(server: _Server) -> 
     target = _Server()
     try:
         server.status, server.location = 302, target.url
-        health = _check(HealthTracker(1.0), _region(server.url))
+        health = _check(HealthTracker(1.0, policy=LOOPBACK), _region(server.url))
         assert not health.healthy
         assert "answered 302" in health.message
     finally:
@@ -115,7 +119,7 @@ def test_a_redirect_is_not_followed_and_counts_as_unhealthy(server: _Server) -> 
 
 def test_healthy_and_leading_from_the_answer(server: _Server) -> None:
     server.leading = True
-    health = _check(HealthTracker(1.0), _region(server.url))
+    health = _check(HealthTracker(1.0, policy=LOOPBACK), _region(server.url))
     assert health.healthy and health.leading is True
 
 
@@ -128,7 +132,7 @@ def test_a_silent_process_is_unhealthy_within_the_timeout() -> None:
     sock.listen(8)
     try:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/healthz"
-        health = _check(HealthTracker(0.5), _region(url))
+        health = _check(HealthTracker(0.5, policy=LOOPBACK), _region(url))
         assert not health.healthy
         assert "did not answer within 0.5s" in health.message
     finally:
@@ -144,6 +148,49 @@ def test_a_region_that_cannot_watch_its_lease_is_not_healthy(server: _Server) ->
     assert not lease_blind({"leadership": {"lease": None, "held": True}})  # no Lease to follow
     assert not lease_blind(None)
     server.body = {"leadership": {"lease": "ns/l", "watch_connected": False}}
-    health = _check(HealthTracker(1.0), _region(server.url))
+    health = _check(HealthTracker(1.0, policy=LOOPBACK), _region(server.url))
     assert not health.healthy
     assert "cannot watch its Lease" in health.message
+
+
+def test_loopback_is_refused_by_default_and_nothing_is_fetched(server: _Server) -> None:
+    health = _check(HealthTracker(1.0), _region(server.url))
+    assert not health.healthy
+    assert health.message.startswith("health URL refused: host 127.0.0.1")
+
+
+def test_a_user_url_s_answer_is_reported_as_a_class_only(server: _Server) -> None:
+    server.status = 418
+    health = _check(HealthTracker(1.0, policy=LOOPBACK), _region(server.url))
+    assert health.message == "the health URL answered 418"
+    assert server.url not in health.message
+
+
+@pytest.mark.parametrize(
+    ("url", "allow", "refused"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "0.0.0.0/0", "link-local"),
+        ("http://[fe80::1]/", "::/0", "link-local"),
+        ("http://0.0.0.0:8080/", "0.0.0.0/0", "unspecified"),
+        ("http://127.0.0.1:8080/healthz", "", "loopback"),
+        ("http://localhost:8080/healthz", "localhost", "loopback"),
+        ("http://2130706433/healthz", "", "not the region's own Service"),
+        ("http://10.1.2.3/healthz", "", "not allowed by the operator"),
+        ("http://example.invalid/healthz", "", "not the region's own Service"),
+        ("http://memoria-a.ns.svc.cluster.local/healthz", "", "does not resolve"),
+        ("http://10.1.2.3/healthz", "10.0.0.0/8", None),
+        ("http://127.0.0.1:8080/healthz", "127.0.0.0/8", None),
+        ("http://localhost:8080/healthz", "localhost,127.0.0.1/32", None),
+    ],
+)
+def test_probe_policy(url: str, allow: str, refused: str | None) -> None:
+    why = ProbePolicy.parse(allow).refusal(url, own_service="memoria-a", namespace="ns")
+    if refused is None:
+        assert why is None
+    else:
+        assert why is not None and refused in why, why
+
+
+def test_probe_policy_names_a_bad_entry() -> None:
+    with pytest.raises(ValueError, match="'10.0.0.0/99' is neither"):
+        ProbePolicy.parse("10.0.0.0/99")
