@@ -192,5 +192,5 @@ def test_probe_policy(url: str, allow: str, refused: str | None) -> None:
 
 
 def test_probe_policy_names_a_bad_entry() -> None:
-    with pytest.raises(ValueError, match="'10.0.0.0/99' is neither"):
+    with pytest.raises(ValueError, match=r"'10\.0\.0\.0/99' is neither"):
         ProbePolicy.parse("10.0.0.0/99")
