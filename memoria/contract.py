@@ -43,6 +43,19 @@ def holder_identity(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
+# -- promotion requests from a region's own pods -------------------------------------------------
+# A region's pods may not write their MemoriaRegion (that would let a pod identity change its own
+# image or Secrets). They ask for promotion by writing one key of a ConfigMap of their own, which
+# is all their Role grants; the operator turns a new value into the promote annotation.
+PROMOTION_REQUEST_KEY = "requested"
+PROMOTION_REQUEST_COMPONENT = "promotion-request"
+
+
+def promotion_request_name(region_name: str) -> str:
+    """The ConfigMap through which region ``region_name``'s pods ask to be promoted."""
+    return f"memoria-{region_name}-promote"
+
+
 # -- connection URL schemes -----------------------------------------------------------------------
 # What each sync backend and the store accept. The settings model, the CRD's pattern checks in the
 # operator and the Secret checks all read these, so a scheme accepted in one place is accepted in

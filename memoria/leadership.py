@@ -19,7 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .contract import GROUP, PLURAL, PROMOTE_ANNOTATION, VERSION, load_api_client
+from .contract import (
+    PROMOTION_REQUEST_KEY,
+    load_api_client,
+    promotion_request_name,
+)
 from .errors import LeadershipError, NotConfigured
 from .ports import Leadership, LeadershipSource
 from .settings import LeadershipSettings
@@ -219,10 +223,11 @@ class LeaseWatcher:
 
 
 def request_promotion(settings: LeadershipSettings) -> str:
-    """Mark this region's MemoriaRegion for promotion; the operator performs the switchover.
+    """Ask the operator to make this region lead; the operator performs the switchover.
 
-    Returns the annotation value. Raises NotConfigured (no identity or credentials) or
-    LeadershipError (the API server refused).
+    Writes the region's promotion-request ConfigMap (the only thing its Role lets it write);
+    the operator turns each new value into the promote annotation. Returns the value. Raises
+    NotConfigured (no identity or credentials) or LeadershipError (the API server refused).
     """
     if not settings.identity:
         raise NotConfigured(
@@ -233,19 +238,21 @@ def request_promotion(settings: LeadershipSettings) -> str:
     from kubernetes.client.exceptions import ApiException
 
     namespace, name = settings.identity.split("/", 1)
-    api = client.CustomObjectsApi(load_kube_config(settings.kubeconfig))
+    api = client.CoreV1Api(load_kube_config(settings.kubeconfig))
     # seconds since the epoch, like `date +%s` in the documented kubectl command: the operator
     # treats the numerically largest pending request as the newest
     value = f"{time.time():.6f}"
-    body = {"metadata": {"annotations": {PROMOTE_ANNOTATION: value}}}
+    body = {"data": {PROMOTION_REQUEST_KEY: value}}
+    configmap = promotion_request_name(name)
     try:
-        api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, body)
+        api.patch_namespaced_config_map(configmap, namespace, body)
     except ApiException as exc:
-        reason = {403: "forbidden (check the region's RBAC)", 404: "MemoriaRegion not found"}.get(
-            exc.status, exc.reason or "error"
-        )
+        reason = {
+            403: "forbidden (check the region's RBAC)",
+            404: f"ConfigMap {configmap} not found (is the operator running?)",
+        }.get(exc.status, exc.reason or "error")
         raise LeadershipError(
-            f"could not annotate MemoriaRegion {settings.identity}: {exc.status} {reason}"
+            f"could not request promotion of {settings.identity}: {exc.status} {reason}"
         ) from None
     except Exception as exc:  # urllib3's MaxRetryError and friends: the API is unreachable
         raise LeadershipError(

@@ -13,9 +13,9 @@ from typing import Any
 
 import kopf
 
-from memoria.contract import in_cluster, load_api_client
+from memoria.contract import PROMOTION_REQUEST_KEY, in_cluster, load_api_client
 
-from .config import GROUP, PLURAL, VERSION, load_config
+from .config import GROUP, KIND, PLURAL, PROMOTE_ANNOTATION, VERSION, load_config
 from .kube import Kube, region_path
 from .leadership import LeadershipManager
 from .metrics import OperatorMetrics
@@ -164,3 +164,57 @@ def owned_deployment_changed(
     region = memo.kube.get(region_path(body.metadata["namespace"], owner["name"]))
     if region is not None and not region["metadata"].get("deletionTimestamp"):
         memo.reconciler.reconcile(region)
+
+
+@kopf.on.event(
+    "", "v1", "configmaps", labels={**MANAGED, "app.kubernetes.io/component": "promotion-request"}
+)
+def promotion_requested(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A region's pods asked to be promoted (POST /admin/promote): carry a new value over to the
+    region's promote annotation, where the leadership loop answers it like a kubectl request.
+    The pods can write only this ConfigMap, so they cannot change anything else of their
+    region."""
+    if type == "DELETED":
+        return
+    value = (body.get("data") or {}).get(PROMOTION_REQUEST_KEY)
+    owner = next(
+        (
+            o
+            for o in body.metadata.get("ownerReferences") or []
+            if o.get("kind") == KIND and o.get("controller")
+        ),
+        None,
+    )
+    if not value or owner is None:
+        return
+    namespace = body.metadata["namespace"]
+    region = memo.kube.get(region_path(namespace, owner["name"]))
+    if region is None or region["metadata"].get("uid") != owner.get("uid"):
+        return
+    annotations = region["metadata"].get("annotations") or {}
+    handled = ((region.get("status") or {}).get("leadership") or {}).get("lastPromotion")
+    if not _newer(value, annotations.get(PROMOTE_ANNOTATION), handled):
+        return  # already carried over or answered, or older than a request already made
+    memo.kube.merge_patch(
+        region_path(namespace, owner["name"]),
+        {"metadata": {"annotations": {PROMOTE_ANNOTATION: value}}},
+    )
+    memo.leadership.wake()
+
+
+def _newer(value: str, *seen: str | None) -> bool:
+    """True when ``value`` (seconds since the epoch, as the runtime writes it) is later than every
+    request already ``seen``; a replayed old ConfigMap never undoes a newer kubectl request."""
+    try:
+        mine = float(value)
+    except ValueError:
+        return False
+    for other in seen:
+        if other is None:
+            continue
+        try:
+            if float(other) >= mine:
+                return False
+        except ValueError:
+            continue  # not a time: it cannot be compared, so it does not block
+    return True

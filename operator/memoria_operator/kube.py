@@ -28,6 +28,7 @@ _PLURALS = {
     ("v1", "Secret"): "secrets",
     ("v1", "Event"): "events",
     ("v1", "Pod"): "pods",
+    ("v1", "ConfigMap"): "configmaps",
     ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
     ("apps/v1", "Deployment"): "deployments",
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import API_VERSION, GROUP, KIND, PLURAL
+from memoria.contract import PROMOTION_REQUEST_COMPONENT, promotion_request_name
+
+from .config import API_VERSION, GROUP, KIND
 from .model import Region, SecretKeyRef
 
 PORT = 8080
@@ -211,9 +213,18 @@ def render_service_account(region: Region) -> dict[str, Any]:
     }
 
 
+def render_promotion_request(region: Region) -> dict[str, Any]:
+    """The ConfigMap through which the region's pods ask to be promoted (POST /admin/promote).
+    Its data is theirs to write; the operator only reads it."""
+    meta = _metadata(region, promotion_request_name(region.name))
+    meta["labels"] = {**meta["labels"], "app.kubernetes.io/component": PROMOTION_REQUEST_COMPONENT}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta}
+
+
 def render_role(region: Region) -> dict[str, Any]:
-    """What the region's pods may do: read their group's Lease, mark their own region for
-    promotion. Nothing else."""
+    """What the region's pods may do: read their group's Lease and write their own promotion
+    request. Nothing else: not their MemoriaRegion (its image and Secret references are the
+    namespace user's to choose, not the pod's), not Secrets, pods or Deployments."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -226,9 +237,9 @@ def render_role(region: Region) -> dict[str, Any]:
                 "verbs": ["get", "list", "watch"],
             },
             {
-                "apiGroups": [GROUP],
-                "resources": [PLURAL],
-                "resourceNames": [region.name],
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [promotion_request_name(region.name)],
                 "verbs": ["get", "patch"],
             },
         ],
@@ -277,6 +288,7 @@ def render_all(region: Region, default_image: str) -> list[dict[str, Any]]:
     return [
         *([claim] if claim else []),
         render_service_account(region),
+        render_promotion_request(region),
         render_role(region),
         render_role_binding(region),
         render_service(region),

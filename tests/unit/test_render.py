@@ -448,6 +448,7 @@ def test_render_all_order_and_common_metadata() -> None:
     objs = render.render_all(r, DEFAULT_IMAGE)
     assert [(o["apiVersion"], o["kind"]) for o in objs] == [
         ("v1", "ServiceAccount"),
+        ("v1", "ConfigMap"),  # the pods' promotion request (issue 15: not their region)
         ("rbac.authorization.k8s.io/v1", "Role"),
         ("rbac.authorization.k8s.io/v1", "RoleBinding"),
         ("v1", "Service"),
@@ -455,9 +456,16 @@ def test_render_all_order_and_common_metadata() -> None:
     ]
     for obj in objs:
         meta = obj["metadata"]
-        assert meta["name"] == "memoria-region-a"
+        if obj["kind"] == "ConfigMap":
+            assert meta["name"] == "memoria-region-a-promote"
+            assert meta["labels"] == {
+                **render.labels(r),
+                "app.kubernetes.io/component": "promotion-request",
+            }
+        else:
+            assert meta["name"] == "memoria-region-a"
+            assert meta["labels"] == render.labels(r)
         assert meta["namespace"] == "prod"
-        assert meta["labels"] == render.labels(r)
         assert meta["ownerReferences"] == [render.owner_reference(r)]
         assert meta["ownerReferences"][0]["uid"] == "u-1"
 
@@ -835,10 +843,11 @@ def test_role_rules_are_restricted_by_resource_names() -> None:
             "resourceNames": ["memoria-scheduler-payments"],
             "verbs": ["get", "list", "watch"],
         },
+        # a region's pods may not write their MemoriaRegion (issue 15): only their request
         {
-            "apiGroups": ["memoria.arcafutura.io"],
-            "resources": ["memoriaregions"],
-            "resourceNames": ["region-a"],
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["memoria-region-a-promote"],
             "verbs": ["get", "patch"],
         },
     ]
@@ -888,7 +897,7 @@ def test_render_is_deterministic_and_does_not_touch_the_region() -> None:
     expected = copy.deepcopy(first)
     # a caller editing what it got back (kopf adopts, apply adds fields) changes nothing shared
     first[0]["metadata"]["labels"]["x"] = "y"
-    first[4]["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "X"})
+    first[-1]["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "X"})
     assert render.render_all(r, DEFAULT_IMAGE) == expected
     assert r.model_dump() == before
 
