@@ -36,22 +36,22 @@ KUBERNETES_SERVICE_IP = "10.96.0.1"  # the first address of SERVICE_CIDR
 # account tokens and the root CA config map every pod mounts, PersistentVolume binding (with the
 # hostPath provisioner) and the protection finalizers' removal, pod GC, role aggregation.
 NODE_CONTROLLERS = (
-    "garbagecollector",
-    "namespace",
-    "nodelifecycle",
-    "deployment",
-    "replicaset",
-    "statefulset",
-    "job",
-    "endpointslice",
-    "serviceaccount",
-    "serviceaccount-token",
-    "root-ca-cert-publisher",
-    "persistentvolume-binder",
-    "pv-protection",
-    "pvc-protection",
-    "podgc",
-    "clusterrole-aggregation",
+    "garbage-collector-controller",
+    "namespace-controller",
+    "node-lifecycle-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "statefulset-controller",
+    "job-controller",
+    "endpointslice-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",
+    "persistentvolume-binder-controller",
+    "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
+    "pod-garbage-collector-controller",
+    "clusterrole-aggregation-controller",
 )
 
 

@@ -6,9 +6,10 @@ here (:mod:`testbed.images`). Needs root, and the Debian packages and binaries t
 What it makes, all of it removed again by :meth:`NodeCluster.stop` (and by the next start, should
 a run have crashed: nothing depends on what an earlier run left behind):
 
-* a dummy interface ``memoria0`` holding the node IP: kube-apiserver listens there too and
-  advertises it, so pods reach the API through the ``kubernetes`` Service; the kubelet serves on
-  it (``kubectl logs``/``exec``); host-side clients keep using loopback;
+* an interface ``memoria0`` (dummy, or a port-less bridge) holding the node IP: kube-apiserver
+  listens there too and advertises it, so pods reach the API through the ``kubernetes``
+  Service; the kubelet serves on it (``kubectl logs``/``exec``); host-side clients keep using
+  loopback;
 * a containerd of its own (config, socket, root and state under the node's directory, never the
   system's or dockerd's) with the CRI settings this machine needs;
 * the CNI bridge ``memoria-cni0`` for pods in 10.88.0.0/16 (bridge + firewall + portmap);
@@ -18,7 +19,7 @@ a run have crashed: nothing depends on what an earlier run left behind):
   and the kubelet's), removed on stop; the cgroup ``/memoria-node`` in every hierarchy, under
   which the kubelet puts every pod;
 * a default StorageClass ``standard`` served by kube-controller-manager's hostPath provisioner
-  (volumes under /tmp/hostpath_pv).
+  (volumes under /tmp/hostpath_pv, opened to non-root pods by :mod:`testbed.hostpath`).
 
 One node per machine: its names (interface, bridge, chains, cgroup) are fixed. A second start
 while one is up fails with :class:`NodeBusy`, unless the first one's owner is gone (then it is
@@ -56,6 +57,7 @@ from .controlplane import HOST, SERVICE_CIDR, LocalControlPlane
 from .images import CACHE_ROOT, ImageArchive, import_into_containerd, pause_image, project_image
 from .images import unmount_under as _unmount_under
 from .kube import KubeTarget
+from .paths import REPO
 from .processes import ManagedProcess, free_port, terminate_pid, wait_until
 
 NODE_NAME = "memoria-node"
@@ -71,12 +73,14 @@ CHAIN_PREFIXES = ("MEMORIA-", "CNI-", "KUBE-")
 STORAGE_CLASS = "standard"
 HOSTPATH_PV_DIR = Path("/tmp/hostpath_pv")  # noqa: S108 - where the hostPath provisioner writes
 NODE_DIR = CACHE_ROOT / "node"
+LAST_LOGS = CACHE_ROOT / "node-last-logs"  # the logs of the last node that stopped or failed
 LOCK = CACHE_ROOT / "node.lock"
 CNI_PLUGIN_DIR = Path("/usr/lib/cni")
 SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables")
 
 # stop order: the node's processes first, the control plane after them
 _STOP_ORDER = (
+    "hostpath-permissions",
     "kubelet",
     "kube-proxy",
     "kube-scheduler",
@@ -162,7 +166,6 @@ disabled_plugins = [
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper",
   "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.runtime.v1.linux",
 ]
 
 [grpc]
@@ -424,6 +427,8 @@ def kill_cgroup_tree(root: str = CGROUP_ROOT, timeout: float = 15.0) -> int:
     return len(killed)
 
 
+_HOSTPATH_MODULE = "testbed.hostpath"
+
 # programs of ours that may name the node's directory on their command line
 _OUR_PROGRAMS = frozenset(
     {
@@ -453,11 +458,23 @@ def _kill_referencing(text: str) -> int:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if program in _OUR_PROGRAMS and text in cmdline:
+        ours = program in _OUR_PROGRAMS and text in cmdline
+        if ours or (program.startswith("python") and f"-m {_HOSTPATH_MODULE} " in cmdline):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(proc.name), signal.SIGKILL)
                 killed += 1
     return killed
+
+
+def _keep_logs(workdir: Path) -> None:
+    logs = sorted(workdir.glob("*.log")) + sorted(workdir.glob("control-plane/*.log"))
+    if not logs:
+        return
+    shutil.rmtree(LAST_LOGS, ignore_errors=True)
+    LAST_LOGS.mkdir(parents=True)
+    for log in logs:
+        with contextlib.suppress(OSError):
+            shutil.copy2(log, LAST_LOGS / log.name)
 
 
 def teardown(workdir: Path = NODE_DIR) -> list[str]:
@@ -498,7 +515,13 @@ def teardown(workdir: Path = NODE_DIR) -> list[str]:
             with contextlib.suppress(OSError):
                 if link.is_symlink() and str(workdir) in os.readlink(link):
                     link.unlink()
+        with contextlib.suppress(OSError):
+            logs.rmdir()  # made by the kubelet; left if something else uses it
+    # libcni's cache of our pods' results (a CNI DEL would have removed them)
+    for cached in Path("/var/lib/cni/results").glob(f"{CNI_NETWORK}-*"):
+        cached.unlink(missing_ok=True)
     shutil.rmtree(HOSTPATH_PV_DIR, ignore_errors=True)
+    _keep_logs(workdir)
     if workdir.exists():
         shutil.rmtree(workdir, ignore_errors=True)
         done.append(f"removed {workdir}")
@@ -597,7 +620,7 @@ class NodeCluster:
             try:
                 self._start(timeout)
             except BaseException:
-                _log("start failed: tearing down what was made")
+                _log(f"start failed: tearing down what was made; logs kept in {LAST_LOGS}")
                 self.stop()
                 raise
         self.facts["up_seconds"] = round(time.monotonic() - started, 1)
@@ -654,6 +677,11 @@ class NodeCluster:
         self._timed("control_plane_seconds", t)
 
         t = time.monotonic()
+        self._spawn(
+            "hostpath-permissions",
+            [sys.executable, "-m", _HOSTPATH_MODULE, str(HOSTPATH_PV_DIR)],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         self._start_node_processes()
         self._write_state()
         self._wait_node_ready(timeout)
@@ -664,7 +692,10 @@ class NodeCluster:
         for name in SYSCTLS:
             self._sysctls[name] = _read_sysctl(name)
         self._write_state()
-        _run("ip", "link", "add", NODE_INTERFACE, "type", "dummy")
+        # a dummy interface where the kernel has the module; else a bridge without ports, which
+        # holds a local address just as well (this machine's kernel has no dummy driver)
+        if _run("ip", "link", "add", NODE_INTERFACE, "type", "dummy", check=False).returncode:
+            _run("ip", "link", "add", NODE_INTERFACE, "type", "bridge")
         _run("ip", "addr", "add", f"{NODE_IP}/32", "dev", NODE_INTERFACE)
         _run("ip", "link", "set", NODE_INTERFACE, "up")
         # Service traffic between pods on one bridge must pass kube-proxy's iptables rules; the
@@ -747,8 +778,10 @@ class NodeCluster:
         )
         self._spawn("kube-proxy", [str(nb.kube_proxy), f"--config={proxy_yaml}", "--v=0"])
 
-    def _spawn(self, name: str, argv: list[str]) -> ManagedProcess:
-        proc = ManagedProcess(name, argv, self.workdir / f"{name}.log")
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> ManagedProcess:
+        proc = ManagedProcess(name, argv, self.workdir / f"{name}.log", env=env)
         self.processes.append(proc)
         proc.start(detached=self._detached)
         return proc
@@ -825,7 +858,8 @@ class NodeCluster:
             "sysctls": self._sysctls,
             "facts": self.facts,
             "processes": [
-                {"name": p.name, "pid": p.pid, "binary": p.argv[0]}
+                # "binary" is what the process's command line must hold to be ours (pid reuse)
+                {"name": p.name, "pid": p.pid, "binary": p.argv[2 if p.argv[1:2] == ["-m"] else 0]}
                 for p in [*self.processes, *plane_procs]
             ],
         }
@@ -836,7 +870,7 @@ class NodeCluster:
     def stop(self) -> list[str]:
         """Stop everything and undo every change to the machine."""
         for proc in list(self.processes):
-            if proc.name in ("kubelet", "kube-proxy", "kube-scheduler"):
+            if proc.name in ("kubelet", "kube-proxy", "kube-scheduler", "hostpath-permissions"):
                 proc.stop()
         if self.plane is not None:
             for proc in reversed(self.plane.processes):
