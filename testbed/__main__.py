@@ -59,10 +59,14 @@ def up(timeout: float) -> int:
 
 def up_node(timeout: float) -> int:
     state = node_mode.read_state()
-    if state and state.get("detached") and node_mode.node_is_healthy(state):
-        print(state["kubeconfig"])
-        print("a node is already up; 'down' stops it", file=sys.stderr)
-        return 0
+    if state and state.get("detached"):
+        if node_mode.node_is_healthy(state):
+            print(state["kubeconfig"])
+            print("a node is already up; 'down' stops it", file=sys.stderr)
+            return 0
+        # a part of it died (or the machine rebooted): start again from nothing
+        done = node_mode.teardown()
+        print(f"the node that was up is broken; cleaned up: {', '.join(done)}", file=sys.stderr)
     cluster = node_mode.NodeCluster()
     try:
         cluster.start(timeout=timeout, detached=True)

@@ -54,7 +54,14 @@ from .binaries import (
     k8s_version,
 )
 from .controlplane import HOST, SERVICE_CIDR, LocalControlPlane
-from .images import CACHE_ROOT, ImageArchive, import_into_containerd, pause_image, project_image
+from .images import (
+    CACHE_ROOT,
+    LOCAL,
+    ImageArchive,
+    import_into_containerd,
+    pause_image,
+    project_image,
+)
 from .images import unmount_under as _unmount_under
 from .kube import KubeTarget
 from .paths import REPO
@@ -87,6 +94,7 @@ _STOP_ORDER = (
     "kube-controller-manager",
     "kube-apiserver",
     "etcd",
+    "containerd-images",
     "containerd",
 )
 
@@ -154,19 +162,31 @@ def read_state(workdir: Path = NODE_DIR) -> dict[str, Any] | None:
 # -- the pieces' configuration ---------------------------------------------------------------
 
 
-def containerd_config(workdir: Path, pause_ref: str) -> str:
-    """containerd's config (version 2): its own root, state and sockets, CRI for this machine."""
-    cri = '[plugins."io.containerd.grpc.v1.cri"]'
+def containerd_root() -> Path:
+    """The node containerd's root: its image store, kept between runs as a cache (unpacking our
+    image takes 20-30 s, deleting it 7 s), keyed by containerd's version. Nothing else in it
+    survives a start: :meth:`NodeCluster._prepare_images` deletes every container first."""
+    version = _run("containerd", "--version").stdout.split()[2]
+    return CACHE_ROOT / f"containerd-{version}"
+
+
+def containerd_config(workdir: Path, pause_ref: str, root: Path, cri: bool = True) -> str:
+    """containerd's config (version 2): its own root, state and sockets, CRI for this machine
+    (``cri=False``: the image store alone, for maintenance before the kubelet sees it)."""
+    disabled = [
+        # no snapshotters this machine cannot use (they only fill the log)
+        "io.containerd.snapshotter.v1.aufs",
+        "io.containerd.snapshotter.v1.btrfs",
+        "io.containerd.snapshotter.v1.devmapper",
+        "io.containerd.snapshotter.v1.zfs",
+    ]
+    if not cri:
+        disabled.append("io.containerd.grpc.v1.cri")
+    section = '[plugins."io.containerd.grpc.v1.cri"'
     return f"""version = 2
-root = "{workdir / "containerd" / "root"}"
+root = "{root}"
 state = "{workdir / "containerd" / "state"}"
-# no snapshotters this machine cannot use (they only fill the log)
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
+disabled_plugins = {json.dumps(disabled)}
 
 [grpc]
   address = "{workdir / "containerd.sock"}"
@@ -178,7 +198,7 @@ disabled_plugins = [
   [plugins."io.containerd.internal.v1.opt"]
     path = "{workdir / "containerd" / "opt"}"
 
-  {cri}
+  {section}]
     # the pod sandbox image, built locally: nothing is ever pulled
     sandbox_image = "{pause_ref}"
     # no CAP_SYS_RESOURCE here: without this every sandbox fails with
@@ -192,15 +212,15 @@ disabled_plugins = [
     tolerate_missing_hugetlb_controller = true
     disable_hugetlb_controller = true
 
-    {cri[:-1]}.containerd]
+    {section}.containerd]
       snapshotter = "overlayfs"
       default_runtime_name = "runc"
-      {cri[:-1]}.containerd.runtimes.runc]
+      {section}.containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
-        {cri[:-1]}.containerd.runtimes.runc.options]
+        {section}.containerd.runtimes.runc.options]
           SystemdCgroup = false
 
-    {cri[:-1]}.cni]
+    {section}.cni]
       bin_dir = "{CNI_PLUGIN_DIR}"
       conf_dir = "{workdir / "cni" / "net.d"}"
       max_conf_num = 1
@@ -397,32 +417,27 @@ def _make_cgroup_root() -> None:
 
 def kill_cgroup_tree(root: str = CGROUP_ROOT, timeout: float = 15.0) -> int:
     """SIGKILL every process in ``/<root>`` (each hierarchy), then remove its cgroups."""
-    dirs = [m / root for m in cgroup_mounts() if (m / root).is_dir()]
+    tops = [m / root for m in cgroup_mounts() if (m / root).is_dir()]
     killed: set[int] = set()
     deadline = time.monotonic() + timeout
-    while dirs and time.monotonic() < deadline:
-        pids = set()
-        for top in dirs:
-            for procs in top.rglob("cgroup.procs"):
+    while tops and time.monotonic() < deadline:
+        # the tree changes under us (containerd removes the cgroups of exiting containers):
+        # os.walk skips what vanished
+        for top in tops:
+            for dirpath, _, files in os.walk(top):
+                if "cgroup.procs" not in files:
+                    continue
+                with contextlib.suppress(OSError, ValueError):
+                    for pid in map(int, Path(dirpath, "cgroup.procs").read_text().split()):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                        killed.add(pid)
+        for top in tops:
+            for dirpath, _, _ in os.walk(top, topdown=False):
                 with contextlib.suppress(OSError):
-                    pids |= {int(p) for p in procs.read_text().split()}
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        killed |= pids
-        remaining = []
-        for top in dirs:
-            for path in sorted(
-                (p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
-            ):
-                with contextlib.suppress(OSError):
-                    path.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
-            if top.exists():
-                remaining.append(top)
-        dirs = remaining
-        if dirs:
+                    os.rmdir(dirpath)
+        tops = [top for top in tops if top.exists()]
+        if tops:
             time.sleep(0.2)
     return len(killed)
 
@@ -490,11 +505,12 @@ def teardown(workdir: Path = NODE_DIR) -> list[str]:
         if proc and proc.get("pid") and terminate_pid(proc["pid"], proc["binary"], timeout=20):
             done.append(name)
 
-    for name in _STOP_ORDER[:-1]:
+    for name in _STOP_ORDER[:-2]:
         terminate(name)
     # the pods' processes, while their containerd still runs; then containerd and its shims
     if pods := kill_cgroup_tree():
         done.append(f"{pods} pod process(es)")
+    terminate("containerd-images")
     terminate("containerd")
     if _kill_referencing(str(workdir)):
         done.append("leftover processes")
@@ -665,10 +681,8 @@ class NodeCluster:
 
         t = time.monotonic()
         self._host_network()
+        self._prepare_images()
         self._start_containerd()
-        self.facts["import_seconds"] = round(
-            import_into_containerd(self.containerd_socket, self.images.values()), 1
-        )
         self._timed("containerd_seconds", t)
 
         t = time.monotonic()
@@ -705,28 +719,81 @@ class NodeCluster:
         _guard_rules(self.plane.api_port, self.kubelet_port)
         _make_cgroup_root()
 
-    def _start_containerd(self) -> None:
-        config = self.workdir / "containerd.toml"
-        config.write_text(containerd_config(self.workdir, self.images["pause"].ref))
-        (self.workdir / "cni" / "net.d" / "10-memoria.conflist").write_text(
-            json.dumps(cni_config(self.workdir), indent=2)
-        )
+    def _containerd(self, name: str, config_text: str) -> ManagedProcess:
+        config = self.workdir / f"{name}.toml"
+        config.write_text(config_text)
         containerd = ManagedProcess(
-            "containerd",
+            name,
             [shutil.which("containerd") or "containerd", "--config", str(config)],
-            self.workdir / "containerd.log",
+            self.workdir / f"{name}.log",
         )
         self.processes.append(containerd)
-        containerd.start(detached=self._detached)
+        containerd.start(detached=self._detached and name == "containerd")
         self._write_state()
 
         def up() -> bool:
             if not containerd.running:
-                raise RuntimeError(f"containerd exited\n{containerd.log_tail()}")
-            ctr = ["ctr", "--address", str(self.containerd_socket), "version"]
-            return subprocess.run(ctr, capture_output=True, check=False).returncode == 0
+                raise RuntimeError(f"{name} exited\n{containerd.log_tail()}")
+            return self._ctr("version", check=False).returncode == 0
 
-        wait_until(up, 30, f"containerd on {self.containerd_socket}", 0.2)
+        wait_until(up, 30, f"{name} on {self.containerd_socket}", 0.1)
+        return containerd
+
+    def _ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return _run("ctr", "--address", self.containerd_socket, "--namespace", "k8s.io", *args,
+                    check=check)  # fmt: skip
+
+    def _prepare_images(self) -> None:
+        """With containerd's CRI off (the kubelet must never see this), make the kept image
+        store hold exactly our images: containers an earlier run left are deleted, missing or
+        incomplete images imported, older builds of ours removed. A store that containerd
+        cannot open is wiped and rebuilt."""
+        root = containerd_root()
+        config = containerd_config(self.workdir, self.images["pause"].ref, root, cri=False)
+        for attempt in (1, 2):
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                self._containerd("containerd-images", config)
+                self._sync_images()
+                return
+            except (RuntimeError, TimeoutError) as exc:
+                if attempt == 2:
+                    raise
+                _log(f"the image store {root} is unusable ({exc}): rebuilding it")
+            finally:
+                for proc in [p for p in self.processes if p.name == "containerd-images"]:
+                    proc.stop()
+                    self.processes.remove(proc)
+            _unmount_under(root)
+            shutil.rmtree(root, ignore_errors=True)
+
+    def _sync_images(self) -> None:
+        leftovers = self._ctr("containers", "ls", "-q").stdout.split()
+        if leftovers:
+            self._ctr("containers", "rm", *leftovers)
+        present = {}
+        for line in self._ctr("images", "check").stdout.splitlines()[1:]:
+            fields = line.split()
+            # REF TYPE DIGEST STATUS SIZE UNPACKED: usable once complete and unpacked
+            present[fields[0]] = "complete" in line and fields[-1] == "true"
+        wanted = {a.ref: a for a in self.images.values()}
+        t = time.monotonic()
+        missing = [a for ref, a in wanted.items() if not present.get(ref)]
+        import_into_containerd(self.containerd_socket, missing)
+        self.facts["imported"] = [a.ref for a in missing]
+        self._timed("import_seconds", t)
+        stale = [ref for ref in present if ref.startswith(LOCAL + "/") and ref not in wanted]
+        if stale:
+            self._ctr("images", "rm", *stale)
+
+    def _start_containerd(self) -> None:
+        (self.workdir / "cni" / "net.d" / "10-memoria.conflist").write_text(
+            json.dumps(cni_config(self.workdir), indent=2)
+        )
+        self._containerd(
+            "containerd",
+            containerd_config(self.workdir, self.images["pause"].ref, containerd_root()),
+        )
 
     def _start_node_processes(self) -> None:
         assert self.plane is not None

@@ -141,6 +141,15 @@ class ManagedProcess:
         self.stop(timeout=5, sig=signal.SIGKILL)
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie: a detached server's parent is init, which may reap it late."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def terminate_pid(pid: int, expect_in_cmdline: str, timeout: float = 15.0) -> bool:
     """Stop a process we started earlier (testenv down), if it is still the one we started."""
     try:
@@ -153,7 +162,7 @@ def terminate_pid(pid: int, expect_in_cmdline: str, timeout: float = 15.0) -> bo
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists():
+        if not _alive(pid):
             return True
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
