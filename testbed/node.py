@@ -65,7 +65,7 @@ from .images import (
 from .images import unmount_under as _unmount_under
 from .kube import KubeTarget
 from .paths import REPO
-from .processes import ManagedProcess, free_port, terminate_pid, wait_until
+from .processes import ManagedProcess, free_port, terminate_pids, wait_until
 
 NODE_NAME = "memoria-node"
 NODE_IP = os.environ.get("MEMORIA_NODE_IP", "10.87.0.1")
@@ -85,18 +85,21 @@ LOCK = CACHE_ROOT / "node.lock"
 CNI_PLUGIN_DIR = Path("/usr/lib/cni")
 SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables")
 
-# stop order: the node's processes first, the control plane after them
-_STOP_ORDER = (
-    "hostpath-permissions",
-    "kubelet",
-    "kube-proxy",
-    "kube-scheduler",
-    "kube-controller-manager",
-    "kube-apiserver",
-    "etcd",
-    "containerd-images",
-    "containerd",
+# stop order, in stages whose processes stop together: the node's processes and the API server
+# first (the API server's shutdown removes its endpoint from etcd: it hangs without etcd), then
+# etcd; containerd last, after the pods' processes are gone
+_STOP_STAGES = (
+    (
+        "hostpath-permissions",
+        "kubelet",
+        "kube-proxy",
+        "kube-scheduler",
+        "kube-controller-manager",
+        "kube-apiserver",
+    ),
+    ("etcd",),
 )
+_CONTAINERD = ("containerd-images", "containerd")
 
 
 class NodeBusy(RuntimeError):
@@ -500,18 +503,18 @@ def teardown(workdir: Path = NODE_DIR) -> list[str]:
     state = read_state(workdir) or {}
     processes = {p["name"]: p for p in state.get("processes", [])}
 
-    def terminate(name: str) -> None:
-        proc = processes.get(name)
-        if proc and proc.get("pid") and terminate_pid(proc["pid"], proc["binary"], timeout=20):
-            done.append(name)
+    def terminate(names: tuple[str, ...]) -> None:
+        procs = [processes[n] for n in names if processes.get(n, {}).get("pid")]
+        pids = [(p["pid"], p["binary"]) for p in procs]
+        stopped = terminate_pids(pids, timeout=20, reap_wait=0)
+        done.extend(p["name"] for p in procs if p["pid"] in stopped)
 
-    for name in _STOP_ORDER[:-2]:
-        terminate(name)
+    for stage in _STOP_STAGES:
+        terminate(stage)
     # the pods' processes, while their containerd still runs; then containerd and its shims
     if pods := kill_cgroup_tree():
         done.append(f"{pods} pod process(es)")
-    terminate("containerd-images")
-    terminate("containerd")
+    terminate(_CONTAINERD)
     if _kill_referencing(str(workdir)):
         done.append("leftover processes")
     kill_cgroup_tree()
