@@ -46,6 +46,7 @@ CACHE_ROOT = Path(
     os.environ.get("MEMORIA_CACHE_DIR", str(Path.home() / ".cache" / "memoria-operator"))
 )
 IMAGE_CACHE = CACHE_ROOT / "images"
+BUILD_LOG = CACHE_ROOT / "image-build.log"  # the last build's docker output
 LOCAL = "memoria.local"  # the registry-less name every local image carries
 
 # Bump when a recipe below changes in a way its inputs do not show.
@@ -380,20 +381,25 @@ class DockerDaemon:
     def docker(
         self, *args: str | Path, check: bool = True, capture: bool = False
     ) -> subprocess.CompletedProcess[str]:
+        """Run the docker client against this daemon; output goes to the build log unless
+        captured, and a failure raises with the log's last lines."""
         env = {
             **os.environ,
             "DOCKER_HOST": f"unix://{self.socket}",
             "DOCKER_BUILDKIT": "0",  # the classic builder uses local base images as they are
             "DOCKER_CONFIG": str(self.run_dir / "client"),
         }
-        return subprocess.run(
-            [self.cli, *map(str, args)],
-            env=env,
-            text=True,
-            check=check,
-            stdout=subprocess.PIPE if capture else sys.stderr,
-            stderr=subprocess.PIPE if capture else sys.stderr,
-        )
+        argv = [self.cli, *map(str, args)]
+        if capture:
+            return subprocess.run(argv, env=env, text=True, check=check, capture_output=True)
+        with BUILD_LOG.open("a") as log:
+            log.write(f"\n$ docker {' '.join(map(str, args))}\n")
+            log.flush()
+            proc = subprocess.run(argv, env=env, text=True, check=False, stdout=log, stderr=log)
+        if check and proc.returncode != 0:
+            tail = "\n".join(BUILD_LOG.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"docker {args[0]} failed ({proc.returncode}); {BUILD_LOG}:\n{tail}")
+        return proc
 
     def has_image(self, ref: str) -> bool:
         return self.docker("image", "inspect", ref, check=False, capture=True).returncode == 0
@@ -463,6 +469,8 @@ def project_image() -> ImageArchive:
         if cached:
             return cached
         start = time.monotonic()
+        BUILD_LOG.write_text("")
+        _log(f"building {ref} from the Dockerfile (first use of these inputs; log: {BUILD_LOG})")
         with DockerDaemon() as docker, tempfile.TemporaryDirectory(prefix="memoria-ctx-") as ctx:
             stand_in = _ensure_stand_in(docker)
             # a clean context holding exactly the hashed inputs (no .venv, caches or .git)
