@@ -56,6 +56,7 @@ DEBIAN_MIRROR = os.environ.get("MEMORIA_DEBIAN_MIRROR", "http://deb.debian.org/d
 BASE_PACKAGES = ("ca-certificates",)
 EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
 STAND_IN_DOCKERFILE = REPO / "docker" / "local-base" / "Dockerfile"
+PUBLIC_BASE = "python:3.11-slim-bookworm"  # the Dockerfile's default BASE_IMAGE
 PROJECT_INPUTS = (
     "Dockerfile",
     "pyproject.toml",
@@ -453,6 +454,9 @@ def _ensure_stand_in(docker: DockerDaemon) -> str:
             STAND_IN_DOCKERFILE.parent,
         )
         _log(f"built {stand_in_ref} in {time.monotonic() - start:.0f}s")
+    # also under the Dockerfile's default base name, so a plain `docker build .` against this
+    # daemon works too (our build passes BASE_IMAGE explicitly)
+    docker.docker("tag", stand_in_ref, PUBLIC_BASE, capture=True)
     return stand_in_ref
 
 
