@@ -785,9 +785,20 @@ class NodeCluster:
         import_into_containerd(self.containerd_socket, missing)
         self.facts["imported"] = [a.ref for a in missing]
         self._timed("import_seconds", t)
-        stale = [ref for ref in present if ref.startswith(LOCAL + "/") and ref not in wanted]
+        # older builds of ours go, and so do the sha256:<id> names CRI gave them (those hold
+        # their content too); the names CRI gave the images we keep stay
+        digests = {}
+        for line in self._ctr("images", "ls").stdout.splitlines()[1:]:
+            fields = line.split()
+            digests[fields[0]] = fields[2]
+        keep = {digests.get(ref) for ref in wanted}
+        stale = [
+            ref
+            for ref, digest in digests.items()
+            if ref.startswith((LOCAL + "/", "sha256:")) and ref not in wanted and digest not in keep
+        ]
         if stale:
-            self._ctr("images", "rm", *stale)
+            self._ctr("images", "rm", "--sync", *stale)
 
     def _start_containerd(self) -> None:
         (self.workdir / "cni" / "net.d" / "10-memoria.conflist").write_text(
