@@ -4,7 +4,11 @@
 # Probes: both expose GET /healthz (operator: --liveness port 8080; region: port 8080); Kubernetes
 # probes are declared by the chart and by the operator's Deployments, so no HEALTHCHECK here.
 
-FROM python:3.11-slim-bookworm AS build
+# The public base by default; the test bed, which has no registry, passes a local stand-in built
+# from Debian packages (testbed/images.py): --build-arg BASE_IMAGE=memoria.local/python:...
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY memoria ./memoria
@@ -14,7 +18,7 @@ COPY docker/requirements.lock ./requirements.lock
 RUN pip wheel --no-cache-dir --wheel-dir /wheels -r requirements.lock \
  && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-FROM python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="memoria-operator" \
       org.opencontainers.image.description="Memoria multi-region runtime and Kubernetes operator"
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -2,6 +2,10 @@
 # Install everything the demo and the tests need on a fresh Debian machine: redis-server and
 # PostgreSQL from Debian, a virtualenv in .venv with the project and its test tools, and the
 # control-plane binaries built from the Go module proxy (cached in ~/.cache/memoria-operator).
+# For the test bed's real node (python -m testbed up --node, the `node` tests) also containerd,
+# runc, the CNI plugins, iptables, debootstrap and docker.io (dockerd only builds images) from
+# Debian, and kubelet, kube-scheduler and kube-proxy from the Go module proxy; MEMORIA_NODE=0
+# skips those (process-only mode needs none of them).
 # Safe to run again: each step skips what is already there.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,6 +18,19 @@ packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
   packages+=(postgresql)
+fi
+node=${MEMORIA_NODE:-1}
+if [[ $node != 0 ]]; then
+  have() { command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]; }
+  have containerd || packages+=(containerd)  # brings ctr; dockerd gets one of its own anyway
+  have runc || packages+=(runc)
+  [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/firewall && -x /usr/lib/cni/portmap ]] ||
+    packages+=(containernetworking-plugins)
+  have iptables || packages+=(iptables)
+  have debootstrap || packages+=(debootstrap)
+  have dockerd || packages+=(docker.io)
+  have ip || packages+=(iproute2)
+  have gcc || packages+=(gcc libc6-dev)  # the pause binary, linked statically
 fi
 command -v go >/dev/null 2>&1 || { say "Go is required (https://go.dev/dl); this machine has none"; exit 1; }
 if ((${#packages[@]})); then
@@ -37,5 +54,7 @@ if [[ ! -f $stamp ]]; then
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 
-bash hack/build-k8s-binaries.sh >/dev/null
+targets=(etcd kubernetes helm)
+[[ $node == 0 ]] || targets+=(node)
+bash hack/build-k8s-binaries.sh "${targets[@]}" >/dev/null
 say "ready"

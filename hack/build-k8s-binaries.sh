@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Build etcd, kube-apiserver, kubectl and helm from the Go module proxy and cache them under
-# ~/.cache/memoria-operator/bin/<name>-<version>/ (override with MEMORIA_BIN_CACHE). A second run
-# with the same versions builds nothing. Prints NAME=path lines on stdout for the callers
-# (testbed, the demo, .ci/run); progress goes to stderr.
+# Build etcd, kube-apiserver, kube-controller-manager, kubectl and helm (targets etcd, kubernetes,
+# helm: the default) and, for the test bed's real node, kubelet, kube-scheduler and kube-proxy
+# (target node) from the Go module proxy, and cache them under
+# ~/.cache/memoria-operator/bin/<name>-<version>-<os>-<arch>/ (override with MEMORIA_BIN_CACHE).
+# A second run with the same versions builds nothing. Prints NAME=path lines on stdout for the
+# callers (testbed, the demo, .ci/run), for every target whether built now or not; progress goes
+# to stderr. Usage: build-k8s-binaries.sh [etcd] [kubernetes] [helm] [node]
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -55,8 +58,14 @@ GO
   go build -trimpath -ldflags "-s -w" -o "$out/etcd" .
 }
 
+# build_kubernetes OUT CMD...: the wrapper module below, then `go build` of each
+# k8s.io/kubernetes/cmd/CMD into OUT. The control plane and the node's binaries are built by two
+# calls (two cache directories, so process-only users never pay for the node's) that resolve the
+# same module graph and share the Go build cache.
 build_kubernetes() {
   local out=$1
+  shift
+  local cmds=("$@")
   go mod init memoria.local/kubernetes >/dev/null 2>&1
   # k8s.io/kubernetes requires its staging modules at v0.0.0 and points them at ./staging with
   # replace directives, which Go ignores outside the main module. Replace each one with the
@@ -71,18 +80,11 @@ build_kubernetes() {
   local args=()
   for m in $mods; do args+=("-replace=$m=$m@$staging_version"); done
   go mod edit "${args[@]}" "-require=k8s.io/kubernetes@v${K8S_VERSION}"
-  cat > tools.go <<'GO'
-//go:build tools
-
-// Package tools pins the commands this module builds.
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+  {
+    printf '//go:build tools\n\n// Package tools pins the commands this module builds.\npackage tools\n\nimport (\n'
+    for cmd in "${cmds[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$cmd"; done
+    printf ')\n'
+  } > tools.go
   go mod tidy -e >/dev/null 2>&1 || true
   go mod download
   local ver="v${K8S_VERSION}" major=${K8S_VERSION%%.*} rest=${K8S_VERSION#*.}
@@ -93,13 +95,17 @@ GO
     ld+=" -X $pkg.gitVersion=$ver -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
     ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$now -X $pkg.gitCommit=module-proxy"
   done
-  # kube-controller-manager runs only its garbage-collector and namespace controllers in the
-  # local control plane, so owner references are honoured for real.
-  for cmd in kube-apiserver kube-controller-manager kubectl; do
+  local start
+  for cmd in "${cmds[@]}"; do
+    start=$(date +%s)
     log "  go build $cmd"
     go build -trimpath -ldflags "$ld" -o "$out/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+    log "  built $cmd in $(( $(date +%s) - start ))s"
   done
 }
+
+build_control_plane() { build_kubernetes "$1" kube-apiserver kube-controller-manager kubectl; }
+build_node() { build_kubernetes "$1" kubelet kube-scheduler kube-proxy; }
 
 build_helm() {
   local out=$1
@@ -122,6 +128,7 @@ GO
 etcd_dir="$cache/etcd-v${ETCD_VERSION}-${goos}-${goarch}"
 k8s_dir="$cache/kubernetes-v${K8S_VERSION}-${goos}-${goarch}"
 helm_dir="$cache/helm-v${HELM_VERSION}-${goos}-${goarch}"
+node_dir="$cache/kubernetes-node-v${K8S_VERSION}-${goos}-${goarch}"
 
 want=${*:-etcd kubernetes helm}
 for w in $want; do
@@ -129,9 +136,12 @@ for w in $want; do
     etcd) run_build "etcd v$ETCD_VERSION" "$etcd_dir" build_etcd etcd ;;
     kubernetes)
       run_build "kube-apiserver, kube-controller-manager, kubectl v$K8S_VERSION" "$k8s_dir" \
-        build_kubernetes kube-apiserver kube-controller-manager kubectl ;;
+        build_control_plane kube-apiserver kube-controller-manager kubectl ;;
     helm) run_build "helm v$HELM_VERSION" "$helm_dir" build_helm helm ;;
-    *) log "unknown target '$w' (allowed: etcd kubernetes helm)"; exit 2 ;;
+    node)
+      run_build "kubelet, kube-scheduler, kube-proxy v$K8S_VERSION" "$node_dir" \
+        build_node kubelet kube-scheduler kube-proxy ;;
+    *) log "unknown target '$w' (allowed: etcd kubernetes helm node)"; exit 2 ;;
   esac
 done
 
@@ -140,3 +150,6 @@ echo "KUBE_APISERVER=$k8s_dir/kube-apiserver"
 echo "KUBE_CONTROLLER_MANAGER=$k8s_dir/kube-controller-manager"
 echo "KUBECTL=$k8s_dir/kubectl"
 echo "HELM=$helm_dir/helm"
+echo "KUBELET=$node_dir/kubelet"
+echo "KUBE_SCHEDULER=$node_dir/kube-scheduler"
+echo "KUBE_PROXY=$node_dir/kube-proxy"

@@ -2,6 +2,11 @@
 references to be honoured) kube-controller-manager with only its garbage-collector and namespace
 controllers. envtest-style: generated PKI, RBAC authorization, an admin client certificate, a
 service-account signing key, a kubeconfig; everything on free loopback ports in one temp dir.
+
+With ``node_ip`` it serves a real node (:mod:`testbed.node`): kube-apiserver also listens on, and
+advertises, that address so pods reach it through the ``kubernetes`` Service, talks to the
+kubelet with a client certificate (``kubectl logs``/``exec``), authorizes kubelets with the Node
+authorizer, and kube-controller-manager runs the controllers pods need.
 """
 
 from __future__ import annotations
@@ -23,7 +28,31 @@ from .certs import CertificateAuthority, service_account_signing_key
 from .processes import ManagedProcess, free_port, terminate_pid, wait_until
 
 HOST = "127.0.0.1"
-SERVICE_CIDR = "10.96.0.0/24"  # never routed: no kube-proxy runs here, it only sizes ClusterIPs
+SERVICE_CIDR = "10.96.0.0/24"  # routed by kube-proxy on the node; process-only: only sizes IPs
+KUBERNETES_SERVICE_IP = "10.96.0.1"  # the first address of SERVICE_CIDR
+
+# What pods on a real node need from kube-controller-manager, beyond garbage collection: the node
+# lifecycle (else the not-ready taint stays), workloads, endpoint slices for Services, service
+# account tokens and the root CA config map every pod mounts, PersistentVolume binding (with the
+# hostPath provisioner) and the protection finalizers' removal, pod GC, role aggregation.
+NODE_CONTROLLERS = (
+    "garbage-collector-controller",
+    "namespace-controller",
+    "node-lifecycle-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "statefulset-controller",
+    "job-controller",
+    "endpointslice-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",
+    "persistentvolume-binder-controller",
+    "persistentvolume-protection-controller",
+    "persistentvolumeclaim-protection-controller",
+    "pod-garbage-collector-controller",
+    "clusterrole-aggregation-controller",
+)
 
 
 def kubeconfig_document(
@@ -58,13 +87,17 @@ class LocalControlPlane:
         binaries: Binaries | None = None,
         workdir: Path | None = None,
         controller_manager: bool = True,
+        node_ip: str | None = None,
     ) -> None:
         self.binaries = binaries or ensure_binaries(("etcd", "kubernetes"))
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="memoria-testenv-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.with_controller_manager = controller_manager
+        self.node_ip = node_ip
         self.etcd_port = free_port(HOST)
         self.etcd_peer_port = free_port(HOST)
-        self.api_port = free_port(HOST)
+        # with a node the API server listens on every address (pods reach it on the node IP)
+        self.api_port = free_port("0.0.0.0" if node_ip else HOST)  # noqa: S104
         self.server = f"https://{HOST}:{self.api_port}"
         self.kubeconfig = self.workdir / "kubeconfig"
         self.ca = CertificateAuthority()
@@ -78,6 +111,13 @@ class LocalControlPlane:
         paths: dict[str, Path] = {"ca": pki / "ca.crt"}
         paths["ca"].write_bytes(self.ca.cert_pem)
         hosts = [HOST, "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+        if self.node_ip:
+            hosts += [self.node_ip, KUBERNETES_SERVICE_IP, "kubernetes.default.svc.cluster.local"]
+            # kube-apiserver -> kubelet (logs, exec, port-forward); the kubelet checks it against
+            # its client CA, which is this CA
+            paths["kubelet_client_cert"], paths["kubelet_client_key"] = self.ca.client(
+                "kube-apiserver-kubelet-client", ("system:masters",)
+            ).write(pki, "apiserver-kubelet-client")
         paths["serving_cert"], paths["serving_key"] = self.ca.serving(hosts).write(pki, "apiserver")
         paths["admin_cert"], paths["admin_key"] = self.ca.client(
             "memoria-admin", ("system:masters",)
@@ -127,8 +167,7 @@ class LocalControlPlane:
         argv = [
             str(self.binaries.kube_apiserver),
             f"--etcd-servers=http://{HOST}:{self.etcd_port}",
-            f"--bind-address={HOST}",
-            f"--advertise-address={HOST}",
+            *self._apiserver_network_args(pki),
             f"--secure-port={self.api_port}",
             f"--cert-dir={self.workdir / 'apiserver-certs'}",
             f"--tls-cert-file={pki['serving_cert']}",
@@ -137,9 +176,6 @@ class LocalControlPlane:
             f"--service-account-key-file={pki['sa_pub']}",
             f"--service-account-signing-key-file={pki['sa_key']}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            "--authorization-mode=RBAC",
-            # the kubernetes Service cannot point at loopback; nothing in-cluster needs it here
-            "--endpoint-reconciler-type=none",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
             "--profiling=false",
@@ -147,16 +183,36 @@ class LocalControlPlane:
         ]
         return ManagedProcess("kube-apiserver", argv, self.workdir / "kube-apiserver.log")
 
+    def _apiserver_network_args(self, pki: dict[str, Path]) -> list[str]:
+        if not self.node_ip:
+            return [
+                f"--bind-address={HOST}",
+                f"--advertise-address={HOST}",
+                "--authorization-mode=RBAC",
+                # the kubernetes Service cannot point at loopback; nothing in-cluster needs it
+                "--endpoint-reconciler-type=none",
+            ]
+        return [
+            # every address: loopback for host-side clients, the node IP for pods (through the
+            # kubernetes Service, whose endpoint is the advertised address); testbed.node keeps
+            # other interfaces out with an iptables rule
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={self.node_ip}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={pki['kubelet_client_cert']}",
+            f"--kubelet-client-key={pki['kubelet_client_key']}",
+            f"--kubelet-certificate-authority={pki['ca']}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+
     def _controller_manager(self, kubeconfig: Path) -> ManagedProcess:
         argv = [
             str(self.binaries.kube_controller_manager),
             f"--kubeconfig={kubeconfig}",
             f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}",
-            # Deployments stay as the operator writes them (no kubelet would run their pods);
-            # the garbage collector makes owner references real, the namespace controller lets
-            # test namespaces be deleted.
-            "--controllers=garbagecollector,namespace",
+            *self._controller_args(),
             "--leader-elect=false",
             # no front-proxy CA here: do not look for one (it only fills the log with errors)
             "--authentication-skip-lookup=true",
@@ -168,6 +224,22 @@ class LocalControlPlane:
         return ManagedProcess(
             "kube-controller-manager", argv, self.workdir / "kube-controller-manager.log"
         )
+
+    def _controller_args(self) -> list[str]:
+        if not self.node_ip:
+            # Deployments stay as the operator writes them (no kubelet would run their pods);
+            # the garbage collector makes owner references real, the namespace controller lets
+            # test namespaces be deleted.
+            return ["--controllers=garbagecollector,namespace"]
+        pki = self.workdir / "pki"
+        return [
+            f"--controllers={','.join(NODE_CONTROLLERS)}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            # PersistentVolumeClaims get hostPath volumes under /tmp/hostpath_pv: one node only
+            "--enable-hostpath-provisioner",
+            "--node-monitor-period=2s",
+        ]
 
     # -- lifecycle ---------------------------------------------------------------------------
 

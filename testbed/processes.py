@@ -161,3 +161,47 @@ def terminate_pid(pid: int, expect_in_cmdline: str, timeout: float = 15.0) -> bo
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     return True
+
+
+def _running(pid: int) -> bool:
+    """Running, not a zombie (a detached server's parent is init, which reaps it late)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def terminate_pids(
+    procs: list[tuple[int, str]], timeout: float = 20.0, reap_wait: float = 5.0
+) -> list[int]:
+    """:func:`terminate_pid` for several processes at once: SIGTERM to each that is still the
+    one we started, SIGKILL to those still running after ``timeout``, then wait up to
+    ``reap_wait`` seconds until init has reaped them. Returns the pids that were ours."""
+    ours = []
+    for pid, expect in procs:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except FileNotFoundError:
+            continue
+        if expect in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            ours.append(pid)
+
+    def wait(pids: list[int], seconds: float, alive: Callable[[int], bool]) -> list[int]:
+        deadline = time.monotonic() + seconds
+        while pids and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+            pids = [pid for pid in pids if alive(pid)]
+            if pids:
+                time.sleep(0.05)
+        return pids
+
+    for pid in wait(ours, timeout, _running):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait(ours, reap_wait, lambda pid: Path(f"/proc/{pid}").exists())
+    return ours
