@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .errors import BrokerBusy, LeadershipError, MemoryNotFound, NotConfigured, SyncError
 from .leadership import request_promotion
+from .limits import BodyLimit, capped_problems
 from .runtime import Runtime
 from .settings import MemoriaSettings, SettingsUpdateError, mask_url, public_view
 from .store import Memory
@@ -92,6 +93,7 @@ def create_app(settings: MemoriaSettings, *, disable_schedulers: bool = False) -
         description="One region of a multi-region Memoria deployment.",
     )
     app.state.runtime = runtime
+    app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes)
 
     def api_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
         expected = runtime.settings.api_key
@@ -118,7 +120,7 @@ def _error_handlers(app: FastAPI) -> None:
         problems = {
             ".".join(str(p) for p in e["loc"] if p != "body") or "body": e["msg"] for e in errors
         }
-        return JSONResponse({"detail": problems}, status_code=422)
+        return JSONResponse({"detail": capped_problems(problems)}, status_code=422)
 
 
 async def _is_json(request: Request) -> bool:
@@ -287,9 +289,17 @@ def _admin_routes(app: FastAPI, runtime: Runtime, protected: list[Any]) -> None:
         }
 
     @app.get("/healthz")
-    def healthz() -> JSONResponse:
+    def healthz(x_api_key: Annotated[str | None, Header()] = None) -> JSONResponse:
         report = runtime.health()
-        return JSONResponse(report, status_code=503 if report["status"] == "down" else 200)
+        code = 503 if report["status"] == "down" else 200
+        expected = runtime.settings.api_key
+        if expected is not None and not hmac.compare_digest(
+            (x_api_key or "").encode(), expected.get_secret_value().encode()
+        ):
+            # probes and load balancers need no key; they get the facts, not the details
+            # (error texts, URLs, store paths are for callers with the key)
+            return JSONResponse(public_health(report), status_code=code)
+        return JSONResponse(report, status_code=code)
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -313,3 +323,28 @@ def restart_daily_decrement_schedule(app: FastAPI) -> None:
     is started if needed; it still decrements only where this region is allowed to lead.
     """
     _runtime(app).scheduler.restart()
+
+
+def public_health(report: dict[str, Any]) -> dict[str, Any]:
+    """What /healthz tells a caller without the API key: states and flags, no free text."""
+    sync = report.get("sync") or {}
+    scheduler = report.get("scheduler") or {}
+    leadership = report.get("leadership") or {}
+    return {
+        "status": report.get("status"),
+        "region": report.get("region"),
+        "store": {"state": (report.get("store") or {}).get("state")},
+        "sync": {
+            "state": sync.get("state"),
+            "outbox_depth": sync.get("outbox_depth"),
+            "listener_connected": sync.get("listener_connected"),
+            "listener_reconnects": sync.get("listener_reconnects"),
+        },
+        # what the operator reads to order a handover and to judge a region that cannot lead
+        "scheduler": {"leading": scheduler.get("leading"), "armed": scheduler.get("armed")},
+        "leadership": {
+            "lease": leadership.get("lease"),
+            "held": leadership.get("held"),
+            "watch_connected": leadership.get("watch_connected"),
+        },
+    }

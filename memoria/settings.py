@@ -187,6 +187,23 @@ class MemoriaSettings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("MEMORIA_API_KEY")
     )
+    # the largest request body the HTTP API reads (checked before parsing; 413 above it)
+    max_body_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        le=64 << 20,
+        validation_alias=AliasChoices("MEMORIA_MAX_BODY_BYTES"),
+    )
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # an empty key used to switch authentication off while /settings said it was required
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError(
+                "is set but empty; unset MEMORIA_API_KEY to run without a key, or set a key"
+            )
+        return value
 
     @field_validator("decrement_tz")
     @classmethod
@@ -369,6 +386,8 @@ def public_view(settings: MemoriaSettings) -> dict[str, Any]:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for logs, errors and GET /settings)."""
-    masked = re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", masked)
+    """Any text with the password of every URL in it replaced by ``***`` (for logs, errors,
+    /healthz and GET /settings). The password runs to the LAST ``@`` before the host: an
+    unencoded ``@``, a ``/`` or a stray ``%`` in it must not leave part of it visible."""
+    masked = re.sub(r"(://[^/:@\s]*:)\S*@", r"\1***@", url)  # over-masks rather than leaks
+    return re.sub(r"([?&]password=)[^&\s]*", r"\1***", masked)

@@ -152,3 +152,21 @@ def test_mask_url_and_public_view() -> None:
     assert mask_url("postgresql://h/db?password=pw&x=1") == "postgresql://h/db?password=***&x=1"
     s = apply_updates(load_settings(), {"sync.connection_url": "redis://:pw@h:6379/0"})
     assert "pw@" not in str(public_view(s))
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("postgresql://u:p@ss@db:5432/x", "ss"),
+        ("postgresql://u:50%off@db/x", "50%off"),
+        ("postgresql://u:pa/ss@db/x", "pa/ss"),
+        ("could not connect to postgresql://u:a@b@h/d: timeout", "a@b"),
+        ("postgresql://db/x?user=u&password=p%zz", "p%zz"),
+    ],
+)
+def test_mask_url_leaves_no_part_of_a_malformed_password(text: str, secret: str) -> None:
+    from memoria.settings import mask_url
+
+    masked = mask_url(text)
+    assert secret not in masked
+    assert "***" in masked
