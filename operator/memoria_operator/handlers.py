@@ -1,6 +1,7 @@
 """kopf handlers: small, typed, and only glue. The logic is in reconcile.py and leadership/.
 
-``kopf run -m memoria_operator.handlers`` (or ``memoria-operator run``) loads them.
+``import memoria_operator`` loads them, so ``kopf run -m memoria_operator`` serves them, as
+``memoria-operator run`` does.
 """
 
 from __future__ import annotations
