@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -13,6 +14,8 @@ import psycopg
 import pytest
 import redis
 
+from memoria.sync.events import Action, EntityType, SyncEvent
+from memoria.sync.postgres import PostgresSyncBackend
 from testbed import PostgresServer, RedisServer, wait_until
 from testbed.inprocess import Broker, Region, two_regions
 
@@ -215,26 +218,47 @@ def test_postgres_payload_over_notify_limit_arrives(
         assert b.store.get_memory(mid).text == big
 
 
-def test_postgres_journal_is_pruned_after_retention(postgres_server: PostgresServer) -> None:
-    import datetime as dt
-
-    from memoria.sync.events import Action, EntityType, SyncEvent
-    from memoria.sync.postgres import PostgresSyncBackend
-
-    url = postgres_server.create_database("prune")
-    backend = PostgresSyncBackend(
+def _journal_publisher(url: str) -> PostgresSyncBackend:
+    """A publisher to a journal whose rows expire after an hour."""
+    return PostgresSyncBackend(
         url, channel="prune", table="infra.prune_journal", retention=dt.timedelta(hours=1)
     )
 
-    def event(i: int) -> SyncEvent:
-        return SyncEvent(Action.CREATE, EntityType.MEMORY, "n", str(i), {"y_coord": 0}, "r")
 
-    backend.publish_many([event(i) for i in range(5)])  # the first publish prunes (nothing)
+def _event(i: int) -> SyncEvent:
+    return SyncEvent(Action.CREATE, EntityType.MEMORY, "n", str(i), {"y_coord": 0}, "r")
+
+
+def _age_journal(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE infra.prune_journal SET created_at = now() - interval '2 hours'")
-    backend._last_prune = time.monotonic() - 3601  # an hour has "passed"
-    backend.publish_many([event(9)])
+
+
+def _journal_ids(url: str) -> list[tuple[str]]:
     with psycopg.connect(url) as conn:
-        left = conn.execute("SELECT payload->>'entity_id' FROM infra.prune_journal").fetchall()
+        return conn.execute("SELECT payload->>'entity_id' FROM infra.prune_journal").fetchall()
+
+
+def test_postgres_journal_is_pruned_after_retention(postgres_server: PostgresServer) -> None:
+    url = postgres_server.create_database("prune")
+    backend = _journal_publisher(url)
+    backend.publish_many([_event(i) for i in range(5)])  # the first publish prunes (nothing)
+    _age_journal(url)
+    backend._last_prune = time.monotonic() - 3601  # an hour has "passed"
+    backend.publish_many([_event(9)])
+    left = _journal_ids(url)
     backend.close()
     assert left == [("9",)]
+
+
+def test_postgres_journal_is_pruned_at_the_first_publish(postgres_server: PostgresServer) -> None:
+    """However recently the machine booted: a publisher that has never pruned prunes at once."""
+    url = postgres_server.create_database("prune_first")
+    old = _journal_publisher(url)
+    old.publish_many([_event(i) for i in range(3)])
+    old.close()
+    _age_journal(url)
+    fresh = _journal_publisher(url)
+    fresh.publish_many([_event(9)])
+    fresh.close()
+    assert _journal_ids(url) == [("9",)]
