@@ -29,7 +29,7 @@ def _operator(
     )
 
 
-def _scrape(port: int, needle: str) -> str | None:
+def _scrape(port: int, *needles: str) -> str | None:
     import urllib.request
 
     try:
@@ -37,7 +37,7 @@ def _scrape(port: int, needle: str) -> str | None:
             text = resp.read().decode()
     except OSError:
         return None
-    return text if needle in text else None
+    return text if all(n in text for n in needles) else None
 
 
 def test_two_replicas_one_acts_then_the_other(
@@ -56,7 +56,14 @@ def test_two_replicas_one_acts_then_the_other(
         wait_until(lambda: get(kube, "deployment", "memoria-one", namespace), what="deployment")
         mark_available(kube, namespace, "memoria-one")
         metrics = wait_until(
-            lambda: _scrape(metrics_port, 'region="one"} 1.0'), what="leader metric"
+            # the Lease goes to "one" once the leadership loop sees its Deployment available;
+            # the reconcile that finds it Ready runs on the same event, but in its own time
+            lambda: _scrape(
+                metrics_port,
+                'region="one"} 1.0',
+                'memoria_operator_reconciles_total{result="ready"}',
+            ),
+            what="leader metric and a Ready reconcile",
         )
         bootstrap = (
             'memoria_operator_leadership_transitions_total{group="default",'
