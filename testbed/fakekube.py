@@ -6,7 +6,8 @@ a dict of objects instead of an API server, so everything the operator layers on
 turning 404 into ``None``, writes turning 409 into ``Conflict``, ``update_status``'s guarded
 retries, Events) runs as written. What it keeps of an API server's semantics:
 
-* objects live at their REST paths; reads and writes hand out copies, never shared dicts;
+* namespaced objects live at their REST paths; reads and writes hand out copies, never shared
+  dicts;
 * ``resourceVersion`` moves on every write that changes something (and only then, so an
   idempotent apply is visible as such); ``generation`` moves when ``spec`` does;
 * 404 for a missing object, 409 for a create of an existing one or for a write whose

@@ -19,6 +19,8 @@ from memoria.store import MemoryStore
 from memoria.sync.link import SyncLink
 from memoria.writes import WriteService
 
+from .processes import wait_until
+
 
 @dataclass
 class Broker:
@@ -143,6 +145,12 @@ def two_regions(
     a.start()
     b.start()
     try:
+        # Without a journal to replay (PostgreSQL NOTIFY with no table) a region never hears
+        # what was published before its listener connected: start the test once both listen.
+        wait_until(
+            lambda: all(r.sync.health().listener_connected is not False for r in (a, b)),
+            what="both regions' listeners",
+        )
         yield a, b
     finally:
         a.stop(flush_timeout=1)
