@@ -17,7 +17,6 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -25,18 +24,7 @@ from testbed import LocalControlPlane, ensure_binaries
 from testbed.cluster import install_crd, start_operator
 from testbed.kube import KubeTarget
 from testbed.paths import CRD
-
-
-def region(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "memoria.arcafutura.io/v1alpha1",
-        "kind": "MemoriaRegion",
-        "metadata": {"name": name},
-        "spec": {
-            "region": name,
-            "sync": {"backend": "redis", "connectionUrl": "redis://redis:6379/0"},
-        },
-    }
+from testbed.regions import region_manifest
 
 
 class DeploymentWatch(threading.Thread):
@@ -103,7 +91,7 @@ def main() -> None:
         for i in range(args.sequential):
             name = f"r{i:03d}"
             started = time.monotonic()
-            kube.apply(region(name), "seq")
+            kube.apply(region_manifest(name), "seq")
             deadline = started + 30
             while f"memoria-{name}" not in watcher.seen and time.monotonic() < deadline:
                 time.sleep(0.002)
@@ -117,7 +105,9 @@ def main() -> None:
         )
 
         kube.kubectl("create", "namespace", "burst")
-        docs = "\n---\n".join(yaml.safe_dump(region(f"b{i:03d}")) for i in range(args.burst))
+        docs = "\n---\n".join(
+            yaml.safe_dump(region_manifest(f"b{i:03d}")) for i in range(args.burst)
+        )
         started = time.monotonic()
         kube.kubectl("apply", "-n", "burst", "-f", "-", stdin=docs, timeout=120)
         names = {f"b{i:03d}" for i in range(args.burst)}

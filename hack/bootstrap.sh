@@ -53,6 +53,10 @@ if [[ ! -f $stamp ]]; then
   .venv/bin/pip install -q -e '.[test]'
   rm -f .venv/.installed-* && touch "$stamp"
 fi
+if [[ ${MEMORIA_BOOTSTRAP_PYTHON_ONLY:-0} == 1 ]]; then
+  say "ready for unit tests (MEMORIA_BOOTSTRAP_PYTHON_ONLY=1: no Kubernetes binaries)"
+  exit 0
+fi
 
 targets=(etcd kubernetes helm)
 [[ $node == 0 ]] || targets+=(node)

@@ -2,9 +2,31 @@
 # Install everything (hack/bootstrap.sh), then run every check: ruff, mypy --strict, hadolint on
 # the Dockerfile, and the whole pytest suite (unit, integration on real Redis/PostgreSQL, e2e on a
 # local Kubernetes control plane). Extra arguments go to pytest.
+#
+# Unit tests alone (`bash hack/test.sh tests/unit -q`, or paths below tests/unit) need neither
+# servers nor Kubernetes binaries: the bootstrap is skipped while .venv is current for this
+# pyproject.toml, and otherwise installs only the virtualenv. With no arguments (what CI runs),
+# the full bootstrap runs first, as always.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash hack/bootstrap.sh
+
+unit_only=0
+for arg in "$@"; do
+  case $arg in
+    -*) ;;  # a pytest option; a separate option value below counts as a path, so as "not unit"
+    tests/unit | tests/unit/* | ./tests/unit | ./tests/unit/*) unit_only=1 ;;
+    *) unit_only=0 && break ;;
+  esac
+done
+# the stamp hack/bootstrap.sh leaves once .venv holds the project as this pyproject.toml says
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if ((unit_only)) && [[ -f $stamp ]]; then
+  echo "== unit tests only and .venv is current: no bootstrap" >&2
+elif ((unit_only)); then
+  MEMORIA_BOOTSTRAP_PYTHON_ONLY=1 bash hack/bootstrap.sh
+else
+  bash hack/bootstrap.sh
+fi
 
 echo "== ruff" >&2
 .venv/bin/ruff check .

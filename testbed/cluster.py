@@ -1,5 +1,6 @@
-"""Small helpers for driving a Kubernetes API in tests and the demo: waiting, reading objects,
-and playing the kubelet's part (Deployment status) where no kubelet runs."""
+"""Small helpers for driving a Kubernetes API in tests and the demo: reading objects and
+``kubectl get`` tables, and playing the kubelet's part (Deployment status) where no kubelet
+runs."""
 
 from __future__ import annotations
 
@@ -8,28 +9,11 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .kube import KubeTarget
 from .processes import ManagedProcess
-
-
-def eventually(
-    check: Callable[[], Any], timeout: float = 20.0, what: str = "condition", interval: float = 0.1
-) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except AssertionError as exc:
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def start_operator(
@@ -132,3 +116,16 @@ def events_for(kube: KubeTarget, namespace: str, name: str) -> list[dict[str, An
     ).stdout
     items: list[dict[str, Any]] = json.loads(out)["items"]
     return items
+
+
+def parse_table(out: str) -> list[dict[str, str]]:
+    """Rows of ``kubectl get`` output keyed by column header (cells cut at header offsets)."""
+    lines = out.splitlines()
+    header = lines[0]
+    names = header.split()
+    starts = [header.index(n) for n in names]
+    ends = [*starts[1:], None]
+    return [
+        {n: line[s:e].strip() for n, s, e in zip(names, starts, ends, strict=True)}
+        for line in lines[1:]
+    ]

@@ -23,8 +23,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import LocalControlPlane, ManagedProcess, ensure_binaries
-from .cluster import eventually, install_crd, start_operator
+from . import LocalControlPlane, ManagedProcess, ensure_binaries, wait_until
+from .cluster import install_crd, start_operator
+from .harness import BED_OPERATOR_ENV
 from .kube import KubeTarget
 from .paths import CRD
 from .regions import LEASE, RegionBed, region_bed
@@ -32,17 +33,6 @@ from .regions import LEASE, RegionBed, region_bed
 NAMESPACE = "memoria-demo"
 BOUND = 3  # seconds a leader may be unhealthy before failover
 MIDNIGHT_IN = 20  # seconds after the regions start, by their (offset) clocks
-OPERATOR_ENV = {
-    "MEMORIA_OPERATOR_LEASE_DURATION_SECONDS": "3",
-    "MEMORIA_OPERATOR_RENEW_INTERVAL_SECONDS": "1",
-    "MEMORIA_OPERATOR_RETRY_INTERVAL_SECONDS": "0.25",
-    "MEMORIA_OPERATOR_HEALTH_PROBE_TIMEOUT_SECONDS": "0.5",
-    # the regions are processes on loopback: allow probing them there
-    "MEMORIA_OPERATOR_HEALTH_URL_ALLOW": "127.0.0.0/8",
-    "MEMORIA_OPERATOR_RESYNC_SECONDS": "10",
-    "MEMORIA_OPERATOR_METRICS_PORT": "0",
-    "MEMORIA_OPERATOR_DEFAULT_IMAGE": "ghcr.io/arcafutura/memoria:0.1.0",
-}
 
 
 class Timeline:
@@ -62,7 +52,7 @@ class Timeline:
 
     def timed(self, what: str, check: Callable[[], Any], timeout: float = 30) -> float:
         started = time.monotonic()
-        eventually(check, timeout, what, interval=0.05)
+        wait_until(check, timeout, what, interval=0.05)
         took = time.monotonic() - started
         self.note(f"-> {what}: {took:.2f}s")
         return took
@@ -73,7 +63,7 @@ def operator_process(plane: LocalControlPlane) -> Iterator[ManagedProcess]:
     proc = start_operator(
         plane.kubeconfig,
         plane.workdir / "operator.log",
-        {**OPERATOR_ENV, "MEMORIA_OPERATOR_ELECTION_NAMESPACE": NAMESPACE},
+        {**BED_OPERATOR_ENV, "MEMORIA_OPERATOR_ELECTION_NAMESPACE": NAMESPACE},
         "-n",
         NAMESPACE,
     )

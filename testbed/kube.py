@@ -43,6 +43,13 @@ class KubeTarget:
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
+    @property
+    def server(self) -> str:
+        """The API server's URL, as the kubeconfig names it."""
+        doc = yaml.safe_load(self.kubeconfig.read_text())
+        server: str = doc["clusters"][0]["cluster"]["server"]
+        return server
+
     def kubectl(
         self,
         *args: str,
@@ -82,6 +89,28 @@ class KubeTarget:
         import json
 
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def token_kubeconfig(
+        self,
+        service_account: str,
+        namespace: str,
+        path: Path,
+        *,
+        duration: str = "1h",
+        server: str | None = None,
+    ) -> Path:
+        """Write to ``path`` a kubeconfig that authenticates with a token of the ServiceAccount
+        alone (no admin certificate), so RBAC judges exactly what that identity may do;
+        ``server`` replaces the API server's URL (say a proxy's)."""
+        token = self.kubectl(
+            "create", "token", service_account, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
+        doc = yaml.safe_load(self.kubeconfig.read_text())
+        doc["users"][0]["user"] = {"token": token}
+        if server is not None:
+            doc["clusters"][0]["cluster"]["server"] = server
+        path.write_text(yaml.safe_dump(doc))
+        return path
 
     def create_namespace(self, prefix: str = "t") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"

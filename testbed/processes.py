@@ -11,8 +11,10 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 _PR_SET_PDEATHSIG = 1
+T = TypeVar("T")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -43,21 +45,40 @@ def _child_setup(
     return setup
 
 
+class WaitTimeout(AssertionError, TimeoutError):
+    """What :func:`wait_until` raises: a failed assertion to pytest, a TimeoutError to code that
+    waits for a server."""
+
+
 def wait_until(
-    predicate: Callable[[], bool],
-    timeout: float,
-    what: str,
+    check: Callable[[], T],
+    timeout: float = 20.0,
+    what: str = "condition",
     interval: float = 0.1,
-    on_timeout: Callable[[], str] | None = None,
-) -> None:
-    """Poll ``predicate`` until it is true; raise TimeoutError naming ``what`` otherwise."""
+    detail: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``check`` until it returns something truthy, and return that.
+
+    The one polling helper of the test bed and the tests. An ``AssertionError`` raised by
+    ``check`` counts as "not yet" (so a check may assert its way through an object); any other
+    exception ends the wait at once (a server that exited will not come up). On timeout,
+    :class:`WaitTimeout` names ``what``, the last result and ``detail()`` (say a log tail).
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
+    last: object = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+            last = result
+        except AssertionError as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            break
         time.sleep(interval)
-    detail = f"\n{on_timeout()}" if on_timeout else ""
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+    extra = f"\n{detail()}" if detail else ""
+    raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what} (last: {last!r}){extra}")
 
 
 class ManagedProcess:

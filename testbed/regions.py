@@ -22,54 +22,43 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import yaml
+from memoria.contract import API_VERSION, KIND, lease_name
+from memoria.store import MemoryStore
 
-from .cluster import env_of, eventually, get, mark_available
+from .cluster import env_of, events_for, get, mark_available
 from .datastores import PostgresServer, RedisServer
 from .kube import KubeTarget
-from .processes import free_port
+from .processes import free_port, wait_until
 from .proxy import TcpProxy
 from .serve import MemoriaProcess
 
-LEASE = "memoria-scheduler-default"
+LEASE = lease_name("default")
 PG_TABLE = "infra.memoria_sync_events"
 NAMES = ("region-a", "region-b")
 
 
-def region_manifest(
-    name: str,
-    role: str,
-    port: int,
-    priority: int,
-    bound: int = 3,
-    *,
-    backend: str = "redis",
-    **extra: Any,
-) -> dict[str, Any]:
-    sync: dict[str, Any] = {"backend": backend}
+# where a manifest's sync section points until the bed sets each process's real broker URL
+PLACEHOLDER_URLS = {"redis": "redis://redis:6379/0", "postgres": "postgresql://db/memoria"}
+
+
+def region_manifest(name: str = "r1", *, backend: str = "redis", **spec: Any) -> dict[str, Any]:
+    """A MemoriaRegion manifest, the one builder of them in the test bed: named ``name`` (also
+    its ``spec.region``), syncing over ``backend`` at a placeholder URL (PostgreSQL with the
+    guide's journal table), with ``spec`` (keys as in YAML) laid over that."""
+    sync: dict[str, Any] = {"backend": backend, "connectionUrl": PLACEHOLDER_URLS[backend]}
     if backend == "postgres":
-        sync.update(
-            connectionUrl="postgresql://placeholder/memoria", table=PG_TABLE, channel="memoria_sync"
-        )
-    else:
-        sync["connectionUrl"] = "redis://placeholder:6379/0"
-    spec: dict[str, Any] = {
-        "region": name,
-        "role": role,
-        "priority": priority,
-        "sync": sync,
-        "failover": {
-            "healthUrl": f"http://127.0.0.1:{port}/healthz",
-            "unhealthyAfterSeconds": bound,
-        },
-    }
-    spec.update(extra)
+        sync.update(table=PG_TABLE, channel="memoria_sync")
     return {
-        "apiVersion": "memoria.arcafutura.io/v1alpha1",
-        "kind": "MemoriaRegion",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": name},
-        "spec": spec,
+        "spec": {"region": name, "sync": sync, **spec},
     }
+
+
+def health_failover(port: int, bound: int = 3) -> dict[str, Any]:
+    """``spec.failover`` probing a region process on ``port``: unhealthy after ``bound`` s."""
+    return {"healthUrl": f"http://127.0.0.1:{port}/healthz", "unhealthyAfterSeconds": bound}
 
 
 @dataclass
@@ -138,34 +127,46 @@ class RegionBed:
 
     def kubeconfig_for(self, name: str, via_proxy: bool = False) -> Path:
         """A kubeconfig with a token of the region's own ServiceAccount."""
-        token = self.kube.kubectl(
-            "create", "token", f"memoria-{name}", "-n", self.namespace, "--duration=2h"
-        ).stdout.strip()
-        doc = yaml.safe_load(self.kube.kubeconfig.read_text())
-        doc["users"][0]["user"] = {"token": token}
+        server = None
         if via_proxy:
             proxy = self.proxies.get(name)
             if proxy is None:
-                port = int(doc["clusters"][0]["cluster"]["server"].rsplit(":", 1)[1])
+                port = int(self.kube.server.rsplit(":", 1)[1])
                 proxy = self.proxies[name] = TcpProxy(port)
-            doc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
-        path = self.workdir / f"{name}.kubeconfig"
-        path.write_text(yaml.safe_dump(doc))
-        return path
+            server = f"https://127.0.0.1:{proxy.port}"
+        return self.kube.token_kubeconfig(
+            f"memoria-{name}",
+            self.namespace,
+            self.workdir / f"{name}.kubeconfig",
+            duration="2h",
+            server=server,
+        )
+
+    def store_url(self, name: str) -> str:
+        """The region's own SQLite store (unless ``extra_env`` points it elsewhere)."""
+        return f"sqlite:///{self.workdir / name / 'memoria.db'}"
+
+    def store_metadata(self, name: str) -> dict[str, str]:
+        """The ``service_metadata`` of the region's own store: who decremented which day."""
+        store = MemoryStore(self.store_url(name))
+        try:
+            return store.metadata()
+        finally:
+            store.close()
 
     def process_env(self, name: str, via_proxy: bool = False) -> dict[str, str]:
         """The env the operator rendered into the region's Deployment, adapted to run here."""
-        dep = eventually(
+        dep = wait_until(
             lambda: get(self.kube, "deployment", f"memoria-{name}", self.namespace),
             what=f"deployment of {name}",
         )
+        assert dep is not None  # wait_until returns only what is truthy
         env = {k: v for k, v in env_of(dep).items() if isinstance(v, str)}
-        store = self.workdir / name / "memoria.db"
         env.update(
             {
                 "MEMORIA_SYNC__CONNECTION_URL": self.brokers.urls[name],
                 "MEMORIA_LEADERSHIP__KUBECONFIG": str(self.kubeconfig_for(name, via_proxy)),
-                "MEMORIA_DATABASE__CONNECTION_STRING": f"sqlite:///{store}",
+                "MEMORIA_DATABASE__CONNECTION_STRING": self.store_url(name),
             }
         )
         env.pop("MEMORIA_HOST", None)
@@ -178,7 +179,7 @@ class RegionBed:
         each region's process."""
         for name in self.ports:
             deployment = f"memoria-{name}"
-            eventually(
+            wait_until(
                 partial(get, self.kube, "deployment", deployment, self.namespace),
                 what=f"deployment of {name}",
             )
@@ -209,22 +210,12 @@ class RegionBed:
 
     def wait_leader(self, name: str, timeout: float = 20) -> None:
         key = f"{self.namespace}/{name}"
-        eventually(lambda: self.holder() == key, timeout, f"{key} to hold the Lease")
-        eventually(lambda: self.leading(name) is True, timeout, f"{name}'s scheduler to lead")
+        wait_until(lambda: self.holder() == key, timeout, f"{key} to hold the Lease")
+        wait_until(lambda: self.leading(name) is True, timeout, f"{name}'s scheduler to lead")
 
     def events(self, name: str) -> list[str]:
-        import json
-
-        out = self.kube.kubectl(
-            "get",
-            "events",
-            "-n",
-            self.namespace,
-            "-o",
-            "json",
-            f"--field-selector=involvedObject.name={name}",
-        ).stdout
-        return [e["reason"] for e in json.loads(out)["items"]]
+        """The reasons of the Events about region ``name``, oldest first."""
+        return [e["reason"] for e in events_for(self.kube, self.namespace, name)]
 
 
 class LeadershipSampler:
@@ -293,10 +284,15 @@ def region_bed(
     roles = {"region-a": ("leader", 200), "region-b": ("standby", 100)}
     for name, (role, priority) in roles.items():
         extra = {"privacy": privacy[name]} if privacy and name in privacy else {}
-        kube.apply(
-            region_manifest(name, role, ports[name], priority, bound, backend=backend, **extra),
-            namespace,
+        manifest = region_manifest(
+            name,
+            backend=backend,
+            role=role,
+            priority=priority,
+            failover=health_failover(ports[name], bound),
+            **extra,
         )
+        kube.apply(manifest, namespace)
     with ExitStack() as stack:
         stack.callback(brokers.destroy)
         stack.callback(_each, bed.proxies, TcpProxy.close)

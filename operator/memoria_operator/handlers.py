@@ -1,6 +1,7 @@
 """kopf handlers: small, typed, and only glue. The logic is in reconcile.py and leadership/.
 
-``kopf run -m memoria_operator.handlers`` (or ``memoria-operator run``) loads them.
+``import memoria_operator`` loads them, so ``kopf run -m memoria_operator`` serves them, as
+``memoria-operator run`` does.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ async def configure(
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
     settings.peering.standalone = True  # one active replica is ensured by our own Lease
+    # No watching of CRDs and namespaces (which would need list/watch on both, cluster-wide):
+    # the CRD is installed before the operator (the chart's crds/), and the operator serves
+    # either every namespace or the ones named on its command line.
+    settings.scanning.disabled = True
     kube = Kube(load_api_client())
     memo.config = config
     memo.kube = kube

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -13,8 +14,10 @@ import psycopg
 import pytest
 import redis
 
-from testbed import PostgresServer, RedisServer
-from tests.integration.regions import Broker, Region, two_regions, wait_for
+from memoria.sync.events import Action, EntityType, SyncEvent
+from memoria.sync.postgres import PostgresSyncBackend
+from testbed import PostgresServer, RedisServer, wait_until
+from testbed.inprocess import Broker, Region, two_regions
 
 pytestmark = pytest.mark.integration
 
@@ -58,17 +61,17 @@ def test_broker_restart_and_absent_subscriber_lose_nothing(
 
         thread = threading.Thread(target=writer)
         thread.start()
-        wait_for(lambda: len(written) > total // 4, what="a quarter written")
+        wait_until(lambda: len(written) > total // 4, what="a quarter written")
         server.stop()  # the broker goes away mid-stream...
         time.sleep(1.0)
         server.start()  # ...and comes back on the same port with its data
-        wait_for(lambda: len(written) > total // 2, what="half written")
+        wait_until(lambda: len(written) > total // 2, what="half written")
         b.stop()  # the subscriber region goes away for a while
         time.sleep(1.5)
         b.restart()
         thread.join(120)
         assert len(written) == total
-        wait_for(
+        wait_until(
             lambda: set(written) <= b.ids(),
             timeout=60,
             what="all events at region-b",
@@ -89,16 +92,16 @@ def test_broker_down_at_write_time_then_up(
 ) -> None:
     broker, server = private_broker
     with two_regions(broker, tmp_path) as (a, b):
-        wait_for(lambda: b.sync.health().listener_connected is True, what="listener")
+        wait_until(lambda: b.sync.health().listener_connected is True, what="listener")
         server.stop()
         started = time.monotonic()
         ids = [a.write(f"while down {i}", y=0) for i in range(10)]
         assert time.monotonic() - started < 2.0, "writes must not wait for the broker"
         assert a.store.outbox_depth("region-a") == 10
-        wait_for(lambda: a.count("memoria_sync_publish_failures_total") > 0, what="a failure")
+        wait_until(lambda: a.count("memoria_sync_publish_failures_total") > 0, what="a failure")
         assert a.sync.health().state in {"degraded", "down"}
         server.start()
-        wait_for(lambda: set(ids) <= b.ids(), timeout=30, what="the queued writes at region-b")
+        wait_until(lambda: set(ids) <= b.ids(), timeout=30, what="the queued writes at region-b")
         assert a.store.outbox_depth("region-a") == 0
         assert b.sync.reconnects >= 1
 
@@ -112,11 +115,11 @@ def test_reconnect_is_logged_once_per_outage(
     caplog.set_level(logging.INFO, logger="memoria.sync")
     with two_regions(broker, tmp_path) as (a, b):
         both = (a, b)
-        wait_for(lambda: all(r.sync.health().listener_connected for r in both), what="listeners")
+        wait_until(lambda: all(r.sync.health().listener_connected for r in both), what="listeners")
         server.stop()
-        wait_for(lambda: b.sync.reconnects >= 3, timeout=30, what="several retries")
+        wait_until(lambda: b.sync.reconnects >= 3, timeout=30, what="several retries")
         server.start()
-        wait_for(
+        wait_until(
             lambda: all(r.sync.health().listener_connected for r in both),
             timeout=30,
             what="both listeners reconnected",
@@ -187,10 +190,10 @@ def test_malformed_payloads_are_skipped_and_the_listener_lives_on(
     ]
     caplog.set_level(logging.WARNING)
     with two_regions(broker, tmp_path) as (a, b):
-        wait_for(lambda: b.sync.health().listener_connected is True, what="listener")
+        wait_until(lambda: b.sync.health().listener_connected is True, what="listener")
         _inject_garbage(broker, garbage)
         after = a.write("valid after garbage", y=0)
-        wait_for(lambda: after in b.ids(), what="the valid event after the garbage")
+        wait_until(lambda: after in b.ids(), what="the valid event after the garbage")
         assert b.count("memoria_sync_events_dropped_total", reason="malformed") >= 6
         assert b.sync.subscription is not None
         assert b.sync.subscription.is_alive()
@@ -208,33 +211,54 @@ def test_postgres_payload_over_notify_limit_arrives(
     url = postgres_server.create_database("sync")
     broker = Broker("postgres", url, url, table=table)
     with two_regions(broker, tmp_path) as (a, b):
-        wait_for(lambda: b.sync.health().listener_connected is True, what="listener")
+        wait_until(lambda: b.sync.health().listener_connected is True, what="listener")
         big = "ü€" * 6000  # 30 kB of UTF-8 with multi-byte characters
         mid = a.write(big, y=0)
-        wait_for(lambda: mid in b.ids(), what="the big memory")
+        wait_until(lambda: mid in b.ids(), what="the big memory")
         assert b.store.get_memory(mid).text == big
 
 
-def test_postgres_journal_is_pruned_after_retention(postgres_server: PostgresServer) -> None:
-    import datetime as dt
-
-    from memoria.sync.events import Action, EntityType, SyncEvent
-    from memoria.sync.postgres import PostgresSyncBackend
-
-    url = postgres_server.create_database("prune")
-    backend = PostgresSyncBackend(
+def _journal_publisher(url: str) -> PostgresSyncBackend:
+    """A publisher to a journal whose rows expire after an hour."""
+    return PostgresSyncBackend(
         url, channel="prune", table="infra.prune_journal", retention=dt.timedelta(hours=1)
     )
 
-    def event(i: int) -> SyncEvent:
-        return SyncEvent(Action.CREATE, EntityType.MEMORY, "n", str(i), {"y_coord": 0}, "r")
 
-    backend.publish_many([event(i) for i in range(5)])  # the first publish prunes (nothing)
+def _event(i: int) -> SyncEvent:
+    return SyncEvent(Action.CREATE, EntityType.MEMORY, "n", str(i), {"y_coord": 0}, "r")
+
+
+def _age_journal(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE infra.prune_journal SET created_at = now() - interval '2 hours'")
-    backend._last_prune = time.monotonic() - 3601  # an hour has "passed"
-    backend.publish_many([event(9)])
+
+
+def _journal_ids(url: str) -> list[tuple[str]]:
     with psycopg.connect(url) as conn:
-        left = conn.execute("SELECT payload->>'entity_id' FROM infra.prune_journal").fetchall()
+        return conn.execute("SELECT payload->>'entity_id' FROM infra.prune_journal").fetchall()
+
+
+def test_postgres_journal_is_pruned_after_retention(postgres_server: PostgresServer) -> None:
+    url = postgres_server.create_database("prune")
+    backend = _journal_publisher(url)
+    backend.publish_many([_event(i) for i in range(5)])  # the first publish prunes (nothing)
+    _age_journal(url)
+    backend._last_prune = time.monotonic() - 3601  # an hour has "passed"
+    backend.publish_many([_event(9)])
+    left = _journal_ids(url)
     backend.close()
     assert left == [("9",)]
+
+
+def test_postgres_journal_is_pruned_at_the_first_publish(postgres_server: PostgresServer) -> None:
+    """However recently the machine booted: a publisher that has never pruned prunes at once."""
+    url = postgres_server.create_database("prune_first")
+    old = _journal_publisher(url)
+    old.publish_many([_event(i) for i in range(3)])
+    old.close()
+    _age_journal(url)
+    fresh = _journal_publisher(url)
+    fresh.publish_many([_event(9)])
+    fresh.close()
+    assert _journal_ids(url) == [("9",)]

@@ -9,47 +9,41 @@ from pathlib import Path
 import pytest
 
 from memoria.store import MemoryStore
-from testbed import PostgresServer
+from testbed import PostgresServer, wait_until
+from testbed.cluster import condition, get
+from testbed.harness import OperatorRun, running_operator
+from testbed.inprocess import seed_memories
 from testbed.kube import KubeTarget
-from tests.e2e.leadership_harness import (
+from testbed.regions import (
     LEASE,
     LeadershipSampler,
     RegionBed,
+    health_failover,
     leadership_log,
     region_bed,
     region_manifest,
 )
-from tests.e2e.operator_harness import condition, eventually, get, running_operator
-from tests.integration.test_decrement import _seed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 MIDNIGHT_IN = 30  # seconds after the split-brain regions start, by their clocks
 
 
-def _metadata(bed_dir: Path, name: str) -> dict[str, str]:
-    store = MemoryStore(f"sqlite:///{bed_dir / name / 'memoria.db'}")
-    try:
-        return store.metadata()
-    finally:
-        store.close()
-
-
 def test_only_the_leader_decrements(
-    crd_installed: KubeTarget, namespace: str, tmp_path: Path
+    crd_installed: KubeTarget, namespace: str, tmp_path: Path, operator: OperatorRun
 ) -> None:
-    with region_bed(crd_installed, namespace, tmp_path) as bed:
+    with region_bed(crd_installed, namespace, tmp_path, operator=operator) as bed:
         bed.wait_leader("region-a")
         ns = namespace
         assert bed.leading("region-b") is False
         a, b = bed.processes["region-a"], bed.processes["region-b"]
         mid = a.write("remember me", y=0)
-        eventually(lambda: b.request("GET", f"/memories/{mid}")[0] == 200, what="replication")
+        wait_until(lambda: b.request("GET", f"/memories/{mid}")[0] == 200, what="replication")
         # the leader's catch-up ran today's decrement; the standby applied it from the event
-        eventually(
-            lambda: _metadata(tmp_path, "region-b").get("last_decrement_by") == "region-a",
+        wait_until(
+            lambda: bed.store_metadata("region-b").get("last_decrement_by") == "region-a",
             what="the standby to apply the leader's decrement",
         )
-        meta_a = _metadata(tmp_path, "region-a")
+        meta_a = bed.store_metadata("region-a")
         assert meta_a["last_decrement_by"] == "region-a"
         assert meta_a["last_decrement_token"] == str(bed.lease()["spec"]["leaseTransitions"])
         assert "decrement for" in a.log_path.read_text()
@@ -65,8 +59,10 @@ def test_only_the_leader_decrements(
 
 
 @pytest.mark.parametrize("how", ["kubectl", "admin-promote"])
-def test_switchover(crd_installed: KubeTarget, namespace: str, tmp_path: Path, how: str) -> None:
-    with region_bed(crd_installed, namespace, tmp_path) as bed:
+def test_switchover(
+    crd_installed: KubeTarget, namespace: str, tmp_path: Path, operator: OperatorRun, how: str
+) -> None:
+    with region_bed(crd_installed, namespace, tmp_path, operator=operator) as bed:
         bed.wait_leader("region-a")
         token_before = bed.lease()["spec"]["leaseTransitions"]
         with LeadershipSampler(bed, ("region-a", "region-b")) as sampler:
@@ -111,10 +107,10 @@ def test_switchover(crd_installed: KubeTarget, namespace: str, tmp_path: Path, h
 
 
 def test_failover_drill_and_no_failback(
-    crd_installed: KubeTarget, namespace: str, tmp_path: Path
+    crd_installed: KubeTarget, namespace: str, tmp_path: Path, operator: OperatorRun
 ) -> None:
     bound = 3
-    with region_bed(crd_installed, namespace, tmp_path, bound=bound) as bed:
+    with region_bed(crd_installed, namespace, tmp_path, bound=bound, operator=operator) as bed:
         bed.wait_leader("region-a")
         killed = time.monotonic()
         bed.processes["region-a"].kill()
@@ -127,7 +123,7 @@ def test_failover_drill_and_no_failback(
         assert "LeadershipLost" in bed.events("region-a")
         # region-a comes back: it stays a standby (no automatic failback)
         bed.start("region-a")
-        eventually(
+        wait_until(
             lambda: bed.region("region-a")["status"]["health"]["healthy"],
             10,
             "region-a healthy again",
@@ -140,13 +136,13 @@ def test_failover_drill_and_no_failback(
 def test_operator_killed_mid_failover_leaves_one_leader(
     crd_installed: KubeTarget, namespace: str, tmp_path: Path
 ) -> None:
-    with region_bed(crd_installed, namespace, tmp_path, bound=4, operator=False) as bed:
+    with region_bed(crd_installed, namespace, tmp_path, bound=4) as bed:
         with running_operator(crd_installed):
             bed.bring_up()
             bed.wait_leader("region-a")
             bed.processes["region-a"].kill()
             # the operator sees region-a unhealthy, but dies before the bound has passed
-            eventually(
+            wait_until(
                 lambda: bed.region("region-a")["status"].get("health", {}).get("healthy") is False,
                 10,
                 "region-a seen unhealthy",
@@ -161,9 +157,9 @@ def test_operator_killed_mid_failover_leaves_one_leader(
 
 
 def test_fenced_region_never_leads(
-    crd_installed: KubeTarget, namespace: str, tmp_path: Path
+    crd_installed: KubeTarget, namespace: str, tmp_path: Path, operator: OperatorRun
 ) -> None:
-    with region_bed(crd_installed, namespace, tmp_path) as bed:
+    with region_bed(crd_installed, namespace, tmp_path, operator=operator) as bed:
         bed.wait_leader("region-a")
         crd_installed.kubectl(
             "annotate", "mreg", "region-a", "-n", namespace, "memoria.arcafutura.io/fenced=true"
@@ -180,7 +176,7 @@ def test_fenced_region_never_leads(
             "--overwrite",
             f"memoria.arcafutura.io/promote={int(time.time())}",
         )
-        eventually(lambda: "PromotionRefused" in bed.events("region-a"), 10, "refusal")
+        wait_until(lambda: "PromotionRefused" in bed.events("region-a"), 10, "refusal")
         # and when the leader dies, the fenced region is still not chosen
         bed.processes["region-b"].kill()
         time.sleep(6)
@@ -191,11 +187,14 @@ def test_fenced_region_never_leads(
 def test_two_regions_asking_to_lead_get_a_condition(
     crd_installed: KubeTarget, namespace: str, tmp_path: Path
 ) -> None:
-    crd_installed.apply(region_manifest("one", "leader", 1, 100), namespace)
-    crd_installed.apply(region_manifest("two", "leader", 2, 100), namespace)
+    for name, port in (("one", 1), ("two", 2)):
+        manifest = region_manifest(
+            name, role="leader", priority=100, failover=health_failover(port)
+        )
+        crd_installed.apply(manifest, namespace)
     with running_operator(crd_installed):
         for name in ("one", "two"):
-            eventually(
+            wait_until(
                 lambda n=name: condition(
                     get(crd_installed, "mreg", n, namespace), "LeadershipValid"
                 ),
@@ -216,16 +215,14 @@ def test_split_brain_is_fenced_in_a_shared_store(
     both processes believe they lead; the shared store still decrements each date once."""
     store = postgres_server.create_database(f"split_{namespace.replace('-', '_')}")
     seed = MemoryStore(store)
-    _seed(seed, 10)
+    seed_memories(seed, 10)
     seed.close()
     # both regions' clocks run ahead so that midnight comes MIDNIGHT_IN s after they start,
     # while both believe they lead
     now = dt.datetime.now(dt.UTC)
     midnight = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
     offset = (midnight - now).total_seconds() - MIDNIGHT_IN
-    with region_bed(
-        crd_installed, namespace, tmp_path, start_processes=False, operator=False
-    ) as bed:
+    with region_bed(crd_installed, namespace, tmp_path, start_processes=False) as bed:
         # region-a, the one that will be stale, reaches midnight 1.5 s first: it must try
         # and be refused by its fencing token, not merely find the day already done
         bed.extra_env = {
@@ -256,7 +253,7 @@ def _split_brain(
     kube: KubeTarget, bed: RegionBed, namespace: str, store: str, new_day: str
 ) -> None:
     a = bed.processes["region-a"]
-    eventually(lambda: len(_x_values(store)) == 1, what="start-up decrements settled")
+    wait_until(lambda: len(_x_values(store)) == 1, what="start-up decrements settled")
     (before,) = _x_values(store)
     lease = bed.lease()
     token = lease["spec"]["leaseTransitions"]
@@ -275,13 +272,13 @@ def _split_brain(
         leaseDurationSeconds=120,
     )
     kube.apply(lease)
-    eventually(lambda: bed.leading("region-b") is True, 10, "region-b to lead")
+    wait_until(lambda: bed.leading("region-b") is True, 10, "region-b to lead")
     assert bed.leading("region-a") is True  # split brain: both believe they lead
     assert a.health()["scheduler"]["seconds_to_midnight"] > 1, "midnight came too early"
     # midnight: both schedulers try the new day on the shared store
     check = MemoryStore(store)
     try:
-        eventually(
+        wait_until(
             lambda: check.metadata()["last_decrement_date"] == new_day,
             MIDNIGHT_IN + 15,
             "the midnight decrement",
@@ -297,4 +294,4 @@ def _split_brain(
     assert f"decrement for {new_day} refused: fencing token {token}" in a.log_path.read_text()
     bed.proxies["region-a"].heal()
     # a stalled watch is abandoned within ~15 s, then the Lease is read again
-    eventually(lambda: bed.leading("region-a") is False, 30, "region-a to step down")
+    wait_until(lambda: bed.leading("region-a") is False, 30, "region-a to step down")

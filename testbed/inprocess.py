@@ -1,10 +1,10 @@
-"""Two-region harness for sync tests: real stores, real brokers, the real region runtime."""
+"""Regions inside this process for the sync and decrement tests: real stores, real brokers, the
+real region runtime, and no HTTP server or Kubernetes around them."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,8 @@ from memoria.settings import DatabaseSettings, MemoriaSettings, SyncSettings
 from memoria.store import MemoryStore
 from memoria.sync.link import SyncLink
 from memoria.writes import WriteService
+
+from .processes import wait_until
 
 
 @dataclass
@@ -33,15 +35,17 @@ class Broker:
     def sync(
         self, *, reader: bool, floor: int = -15, ceiling: int = 15, **extra: Any
     ) -> SyncSettings:
-        return SyncSettings(
-            enabled=True,
-            backend=self.backend,  # type: ignore[arg-type]
-            connection_url=(self.subscribe_url if reader else self.publish_url) or None,
-            channel=self.channel,
-            table=self.table,
-            privacy_floor=floor,
-            privacy_ceiling=ceiling,
-            **extra,
+        return SyncSettings.model_validate(
+            {
+                "enabled": True,
+                "backend": self.backend,
+                "connection_url": (self.subscribe_url if reader else self.publish_url) or None,
+                "channel": self.channel,
+                "table": self.table,
+                "privacy_floor": floor,
+                "privacy_ceiling": ceiling,
+                **extra,
+            }
         )
 
 
@@ -105,20 +109,19 @@ def sqlite_url(tmp: Path, name: str) -> str:
     return f"sqlite:///{tmp / f'{name}.db'}"
 
 
-def wait_for(
-    predicate: Callable[[], bool],
-    timeout: float = 20.0,
-    what: str = "condition",
-    detail: Callable[[], str] | None = None,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}" + (f": {detail()}" if detail else "")
-    )
+def seed_memories(store: MemoryStore, n: int) -> None:
+    """``n`` memories at x = y = z = 0 in namespace ``d``, written as a region of origin
+    ``seed`` and published nowhere (no sync event)."""
+    for i in range(n):
+        store.create_memory(
+            namespace="d",
+            text=f"m{i}",
+            x_coord=0.0,
+            y_coord=0.0,
+            z_coord=0.0,
+            origin="seed",
+            make_event=lambda _m: None,
+        )
 
 
 @contextmanager
@@ -142,6 +145,12 @@ def two_regions(
     a.start()
     b.start()
     try:
+        # Without a journal to replay (PostgreSQL NOTIFY with no table) a region never hears
+        # what was published before its listener connected: start the test once both listen.
+        wait_until(
+            lambda: all(r.sync.health().listener_connected is not False for r in (a, b)),
+            what="both regions' listeners",
+        )
         yield a, b
     finally:
         a.stop(flush_timeout=1)

@@ -8,37 +8,12 @@ from typing import Any
 import pytest
 import yaml
 
+from testbed.cluster import parse_table
 from testbed.kube import KubeTarget
 from testbed.paths import SAMPLES
+from testbed.regions import region_manifest
 
 pytestmark = pytest.mark.e2e
-
-
-def region(name: str = "r1", **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "memoria.arcafutura.io/v1alpha1",
-        "kind": "MemoriaRegion",
-        "metadata": {"name": name},
-        "spec": {
-            "region": "eu-west-1",
-            "sync": {"backend": "redis", "connectionUrl": "redis://redis:6379/0"},
-        },
-    }
-    body["spec"].update(spec)
-    return body
-
-
-def parse_table(out: str) -> list[dict[str, str]]:
-    """Rows of ``kubectl get`` output keyed by column header (cells cut at header offsets)."""
-    lines = out.splitlines()
-    header = lines[0]
-    names = header.split()
-    starts = [header.index(n) for n in names]
-    ends = [*starts[1:], None]
-    return [
-        {n: line[s:e].strip() for n, s, e in zip(names, starts, ends, strict=True)}
-        for line in lines[1:]
-    ]
 
 
 def with_path(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -56,7 +31,7 @@ def with_path(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 
 DELETE = object()
-BASE = region()
+BASE = region_manifest()
 
 # (id, manifest, text the API server's message must contain: it names the field)
 HOSTILE: list[tuple[str, dict[str, Any], str]] = [
@@ -192,7 +167,7 @@ def test_samples_apply_and_printer_columns(crd_installed: KubeTarget, namespace:
 
 
 def test_defaults_are_applied(crd_installed: KubeTarget, namespace: str) -> None:
-    crd_installed.apply(region("defaults"), namespace)
+    crd_installed.apply(region_manifest("defaults"), namespace)
     spec = crd_installed.get_json("mreg", "defaults", "-n", namespace)["spec"]
     assert spec["role"] == "standby"
     assert spec["group"] == "default"
@@ -205,13 +180,13 @@ def test_defaults_are_applied(crd_installed: KubeTarget, namespace: str) -> None
 
 
 def test_backend_is_immutable(crd_installed: KubeTarget, namespace: str) -> None:
-    crd_installed.apply(region("immutable"), namespace)
-    changed = region("immutable")
+    crd_installed.apply(region_manifest("immutable"), namespace)
+    changed = region_manifest("immutable")
     changed["spec"]["sync"] = {"backend": "postgres", "connectionUrl": "postgresql://db/memoria"}
     proc = crd_installed.apply(changed, namespace, check=False)
     assert proc.returncode != 0
     assert "spec.sync.backend is immutable" in proc.stderr
-    group = region("immutable", group="other")
+    group = region_manifest("immutable", group="other")
     proc = crd_installed.apply(group, namespace, check=False)
     assert "spec.group is immutable" in proc.stderr
     spec = crd_installed.get_json("mreg", "immutable", "-n", namespace)["spec"]
@@ -222,7 +197,7 @@ def test_backend_is_immutable(crd_installed: KubeTarget, namespace: str) -> None
 def test_unknown_fields_rejected_strict_and_pruned_otherwise(
     crd_installed: KubeTarget, namespace: str
 ) -> None:
-    body = with_path(region("unknown"), "spec.sync.replicationFactor", 3)
+    body = with_path(region_manifest("unknown"), "spec.sync.replicationFactor", 3)
     # kubectl asks for strict field validation by default: the server names the field
     strict = crd_installed.apply(body, namespace, check=False)
     assert strict.returncode != 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from testbed.kube import KubeTarget
 
@@ -46,11 +45,8 @@ def test_service_account_token_is_refused_without_binding(
     kube: KubeTarget, namespace: str, tmp_path: Path
 ) -> None:
     kube.kubectl("create", "serviceaccount", "nobody", "-n", namespace)
-    token = kube.kubectl("create", "token", "nobody", "-n", namespace).stdout.strip()
-    doc = yaml.safe_load(kube.kubeconfig.read_text())
-    doc["users"][0]["user"] = {"token": token}  # the token alone, no admin certificate
-    cfg = tmp_path / "token.kubeconfig"
-    cfg.write_text(yaml.safe_dump(doc))
+    # the token alone, no admin certificate
+    cfg = kube.token_kubeconfig("nobody", namespace, tmp_path / "token.kubeconfig")
     proc = kube.kubectl("get", "pods", "-n", namespace, kubeconfig=cfg, check=False)
     assert proc.returncode != 0
     assert f"system:serviceaccount:{namespace}:nobody" in proc.stderr

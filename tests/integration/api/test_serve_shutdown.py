@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from memoria.store import MemoryStore
-from testbed import MemoriaProcess, RedisServer
-from tests.integration.regions import Broker, Region, sqlite_url, wait_for
+from testbed import MemoriaProcess, RedisServer, wait_until
+from testbed.inprocess import Broker, Region, sqlite_url
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,7 @@ def test_sigterm_during_burst_loses_nothing(redis_server: RedisServer, tmp_path:
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
-    wait_for(lambda: len(accepted) > 300, what="a burst under way")
+    wait_until(lambda: len(accepted) > 300, what="a burst under way")
     a.stop()  # SIGTERM in the middle of it
     stop.set()
     for t in threads:
@@ -66,7 +66,7 @@ def test_sigterm_during_burst_loses_nothing(redis_server: RedisServer, tmp_path:
         store.close()
     if queued:
         a.start()  # what the shutdown could not flush goes out at the next start
-    wait_for(lambda: set(accepted) <= b.ids(), timeout=30, what="every accepted write at b")
+    wait_until(lambda: set(accepted) <= b.ids(), timeout=30, what="every accepted write at b")
     assert b.store.count_memories() == len(accepted)
     b.stop()
     a.stop()

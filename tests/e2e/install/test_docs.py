@@ -19,9 +19,9 @@ import pytest
 
 from testbed import Binaries
 from testbed.cluster import mark_available
+from testbed.harness import running_operator
 from testbed.kube import KubeTarget
 from testbed.paths import REPO
-from tests.e2e.operator_harness import running_operator
 
 pytestmark = pytest.mark.e2e
 DOC_ORDER = [

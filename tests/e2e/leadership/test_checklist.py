@@ -16,12 +16,10 @@ import psycopg
 import pytest
 import redis
 
-from memoria.store import MemoryStore
-from testbed import MemoriaProcess
+from testbed import MemoriaProcess, wait_until
+from testbed.harness import OperatorRun
 from testbed.kube import KubeTarget
-from testbed.regions import PG_TABLE, RegionBed
-from tests.e2e.leadership_harness import region_bed
-from tests.e2e.operator_harness import eventually
+from testbed.regions import PG_TABLE, RegionBed, region_bed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -31,10 +29,19 @@ PRIVACY = {"region-a": {"floor": 0, "ceiling": 15}, "region-b": {"floor": 0, "ce
 
 @pytest.fixture(params=["redis", "postgres"])
 def bed(
-    request: pytest.FixtureRequest, crd_installed: KubeTarget, namespace: str, tmp_path: Path
+    request: pytest.FixtureRequest,
+    crd_installed: KubeTarget,
+    namespace: str,
+    tmp_path: Path,
+    operator: OperatorRun,
 ) -> Iterator[RegionBed]:
     with region_bed(
-        crd_installed, namespace, tmp_path, backend=request.param, privacy=PRIVACY
+        crd_installed,
+        namespace,
+        tmp_path,
+        backend=request.param,
+        privacy=PRIVACY,
+        operator=operator,
     ) as bed:
         bed.wait_leader("region-a")
         yield bed
@@ -42,14 +49,6 @@ def bed(
 
 def has(proc: MemoriaProcess, memory_id: str) -> bool:
     return proc.request("GET", f"/memories/{memory_id}")[0] == 200
-
-
-def metadata(bed: RegionBed, name: str) -> dict[str, str]:
-    store = MemoryStore(f"sqlite:///{bed.workdir / name / 'memoria.db'}")
-    try:
-        return store.metadata()
-    finally:
-        store.close()
 
 
 def test_1_sync_heartbeat(bed: RegionBed) -> None:
@@ -61,7 +60,7 @@ def test_1_sync_heartbeat(bed: RegionBed) -> None:
         replica = redis.Redis.from_url(bed.brokers.urls["region-b"], decode_responses=True)
         assert replica.info("replication")["role"] == "slave"  # region B reads a replica
     mid = a.write("heartbeat from region A", y=3)
-    eventually(lambda: has(b, mid), what="the write to reach region B")
+    wait_until(lambda: has(b, mid), what="the write to reach region B")
     if bed.brokers.backend == "postgres":
         with psycopg.connect(bed.brokers.urls["region-a"]) as conn:
             rows = conn.execute(
@@ -82,7 +81,7 @@ def test_2_privacy_filters(bed: RegionBed) -> None:
     private = a.write("a diagnosis", y=-12)
     too_public = a.write("above region B's ceiling", y=12)
     marker = a.write("shared", y=5)
-    eventually(lambda: has(b, marker), what="the shareable memory")
+    wait_until(lambda: has(b, marker), what="the shareable memory")
     time.sleep(0.5)
     assert not has(b, private)  # y_coord=-12 is not replicated with privacy_floor=0
     assert not has(b, too_public)  # a region with a ceiling of 10 never stores a 12
@@ -93,12 +92,12 @@ def test_2_privacy_filters(bed: RegionBed) -> None:
 
 def test_3_scheduler_control(bed: RegionBed) -> None:
     b = bed.processes["region-b"]
-    eventually(
-        lambda: metadata(bed, "region-b").get("last_decrement_by") == "region-a",
+    wait_until(
+        lambda: bed.store_metadata("region-b").get("last_decrement_by") == "region-a",
         what="region B to apply the leader's decrement",
     )
     for name in ("region-a", "region-b"):  # service_metadata queried in every region
-        meta = metadata(bed, name)
+        meta = bed.store_metadata(name)
         assert meta["last_decrement_by"] == "region-a", (name, meta)
         assert meta["last_decrement_date"]
     assert "decrement timer armed" not in b.log_path.read_text()
@@ -109,10 +108,10 @@ def test_3_scheduler_control(bed: RegionBed) -> None:
 def test_4_failover_drill(bed: RegionBed) -> None:
     a, b = bed.processes["region-a"], bed.processes["region-b"]
     before = [a.write(f"before {i}", y=1) for i in range(5)]
-    eventually(lambda: all(has(b, m) for m in before), what="steady replication")
+    wait_until(lambda: all(has(b, m) for m in before), what="steady replication")
     bed.brokers.restart()  # the brokers restart...
     during = [a.write(f"during {i}", y=1) for i in range(5)]  # ...writes are still accepted
-    eventually(
+    wait_until(
         lambda: (
             b.health()["sync"]["listener_reconnects"] >= 1
             and b.health()["sync"]["listener_connected"]
@@ -120,7 +119,7 @@ def test_4_failover_drill(bed: RegionBed) -> None:
         30,
         "B's listener to reconnect",
     )
-    eventually(lambda: all(has(b, m) for m in during), 30, "no event lost over the restart")
+    wait_until(lambda: all(has(b, m) for m in during), 30, "no event lost over the restart")
 
     a.kill()  # region A shuts down: region B takes over the decrement
     bed.wait_leader("region-b", timeout=15)
@@ -133,7 +132,7 @@ def test_4_failover_drill(bed: RegionBed) -> None:
         redis.Redis.from_url(replica.url).replicaof("127.0.0.1", primary.port)
     after = [b.write(f"after {i}", y=1) for i in range(5)]
     restarted = bed.start("region-a")  # region A comes back, as a standby
-    eventually(
+    wait_until(
         lambda: all(has(restarted, m) for m in after),
         30,
         "region A to catch up on region B's writes",

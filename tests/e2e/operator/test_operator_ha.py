@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from testbed import ManagedProcess, free_port
-from testbed.cluster import mark_available, start_operator
+from testbed import ManagedProcess, free_port, wait_until
+from testbed.cluster import get, mark_available, start_operator
+from testbed.harness import OPERATOR_ENV
 from testbed.kube import KubeTarget
-from tests.e2e.operator_harness import TEST_ENV, eventually, get
-from tests.e2e.test_crd import region
+from testbed.regions import region_manifest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -20,7 +20,7 @@ def _operator(
     kube: KubeTarget, namespace: str, tmp: Path, n: int, metrics_port: int = 0
 ) -> ManagedProcess:
     env = {
-        **TEST_ENV,
+        **OPERATOR_ENV,
         "MEMORIA_OPERATOR_ELECTION_NAMESPACE": namespace,
         "MEMORIA_OPERATOR_METRICS_PORT": str(metrics_port),
     }
@@ -29,7 +29,7 @@ def _operator(
     )
 
 
-def _scrape(port: int, needle: str) -> str | None:
+def _scrape(port: int, *needles: str) -> str | None:
     import urllib.request
 
     try:
@@ -37,7 +37,7 @@ def _scrape(port: int, needle: str) -> str | None:
             text = resp.read().decode()
     except OSError:
         return None
-    return text if needle in text else None
+    return text if all(n in text for n in needles) else None
 
 
 def test_two_replicas_one_acts_then_the_other(
@@ -46,17 +46,24 @@ def test_two_replicas_one_acts_then_the_other(
     kube = crd_installed
     metrics_port = free_port()
     first = _operator(kube, namespace, tmp_path, 1, metrics_port)
-    eventually(lambda: get(kube, "lease", "memoria-operator", namespace), what="election")
+    wait_until(lambda: get(kube, "lease", "memoria-operator", namespace), what="election")
     second = _operator(kube, namespace, tmp_path, 2)
     try:
-        eventually(lambda: "standing by" in second.log_path.read_text(), what="standby")
+        wait_until(lambda: "standing by" in second.log_path.read_text(), what="standby")
         holder = get(kube, "lease", "memoria-operator", namespace)["spec"]["holderIdentity"]
         assert f"_{first.pid}_" in holder
-        kube.apply(region("one", role="leader"), namespace)
-        eventually(lambda: get(kube, "deployment", "memoria-one", namespace), what="deployment")
+        kube.apply(region_manifest("one", role="leader"), namespace)
+        wait_until(lambda: get(kube, "deployment", "memoria-one", namespace), what="deployment")
         mark_available(kube, namespace, "memoria-one")
-        metrics = eventually(
-            lambda: _scrape(metrics_port, 'region="one"} 1.0'), what="leader metric"
+        metrics = wait_until(
+            # the Lease goes to "one" once the leadership loop sees its Deployment available;
+            # the reconcile that finds it Ready runs on the same event, but in its own time
+            lambda: _scrape(
+                metrics_port,
+                'region="one"} 1.0',
+                'memoria_operator_reconciles_total{result="ready"}',
+            ),
+            what="leader metric and a Ready reconcile",
         )
         bootstrap = (
             'memoria_operator_leadership_transitions_total{group="default",'
@@ -70,7 +77,7 @@ def test_two_replicas_one_acts_then_the_other(
         assert "Created Deployment" not in second.log_path.read_text()
         first.kill()
         killed = time.monotonic()
-        eventually(
+        wait_until(
             lambda: (
                 f"_{second.pid}_"
                 in get(kube, "lease", "memoria-operator", namespace)["spec"]["holderIdentity"]
@@ -78,8 +85,8 @@ def test_two_replicas_one_acts_then_the_other(
             timeout=15,
             what="the standby to take over",
         )
-        kube.apply(region("two"), namespace)
-        eventually(
+        kube.apply(region_manifest("two"), namespace)
+        wait_until(
             lambda: get(kube, "deployment", "memoria-two", namespace), what="the new leader to act"
         )
         assert time.monotonic() - killed < 15

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from memoria import cancel_daily_decrement_timer, create_app, restart_daily_decrement_schedule
 from memoria.settings import MemoriaSettings, SyncSettings
+from testbed import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -136,14 +137,15 @@ def test_settings_patch_body_must_be_an_object(client: TestClient) -> None:
 
 def test_switching_backend_live_keeps_the_outbox(client: TestClient, redis_server) -> None:  # type: ignore[no-untyped-def]
     runtime = client.app.state.runtime  # type: ignore[attr-defined]
-    import time
-
     # the start-up decrement's event goes out first (in-process bus), so the count below is ours
-    deadline = time.monotonic() + 10
-    while (
-        runtime.scheduler.last_outcome is None or runtime.store.outbox_depth("api-test")
-    ) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(
+        lambda: (
+            runtime.scheduler.last_outcome is not None
+            and not runtime.store.outbox_depth("api-test")
+        ),
+        10,
+        "the start-up decrement published",
+    )
     assert runtime.scheduler.last_outcome is not None
     assert runtime.store.outbox_depth("api-test") == 0
     assert (
@@ -160,11 +162,7 @@ def test_switching_backend_live_keeps_the_outbox(client: TestClient, redis_serve
     resp = client.patch("/settings", headers=KEY, json={"sync.connection_url": redis_server.url})
     assert resp.status_code == 200
     assert "127.0.0.1:9" not in resp.text
-    import time
-
-    deadline = time.monotonic() + 10
-    while runtime.store.outbox_depth("api-test") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not runtime.store.outbox_depth("api-test"), 10, "the outbox drained")
     assert runtime.store.outbox_depth("api-test") == 0
     import redis as redis_lib
 
@@ -219,17 +217,11 @@ def test_guide_timer_helpers(client: TestClient) -> None:
     app = client.app
     runtime = app.state.runtime  # type: ignore[attr-defined]
     cancel_daily_decrement_timer(app)  # type: ignore[arg-type]
-    import time
-
-    deadline = time.monotonic() + 5
-    while runtime.scheduler.armed and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not runtime.scheduler.armed, 5, "the timer cancelled")
     assert not runtime.scheduler.armed
     assert client.post("/admin/decrement", headers=KEY).status_code == 200  # manual still works
     restart_daily_decrement_schedule(app)  # type: ignore[arg-type]
-    deadline = time.monotonic() + 5
-    while not runtime.scheduler.armed and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: runtime.scheduler.armed, 5, "the timer armed again")
     assert runtime.scheduler.armed
 
 

@@ -12,8 +12,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from testbed import PostgresServer, RedisServer
-from tests.integration.regions import Broker, Region, two_regions, wait_for
+from testbed import PostgresServer, RedisServer, wait_until
+from testbed.inprocess import Broker, Region, two_regions
 
 pytestmark = pytest.mark.integration
 
@@ -69,13 +69,13 @@ def journal(broker: Broker) -> list[dict[str, object]]:
 def test_write_in_a_appears_in_b(broker: Broker, tmp_path: Path) -> None:
     with two_regions(broker, tmp_path) as (a, b):
         ids = {a.write(f"memory {i}", y=i % 15) for i in range(50)}
-        wait_for(lambda: ids <= b.ids(), what="replication to region-b")
+        wait_until(lambda: ids <= b.ids(), what="replication to region-b")
         copy = b.store.get_memory(next(iter(ids)))
         assert copy.origin == "region-a"
         # B's own write comes back to A too (both directions), except on a read-only replica
         if broker.publish_url == broker.subscribe_url:
             other = b.write("from b", y=1)
-            wait_for(lambda: other in a.ids(), what="replication to region-a")
+            wait_until(lambda: other in a.ids(), what="replication to region-a")
 
 
 @pytest.mark.parametrize("broker", BACKENDS, indirect=True)
@@ -83,7 +83,7 @@ def test_guide_check_private_memory_not_replicated(broker: Broker, tmp_path: Pat
     with two_regions(broker, tmp_path, a_range=(0, 15), b_range=(0, 15)) as (a, b):
         private = a.write("my diagnosis", y=-12)
         public = a.write("the weather", y=3)
-        wait_for(lambda: public in b.ids(), what="the public memory")
+        wait_until(lambda: public in b.ids(), what="the public memory")
         assert private not in b.ids()
         assert all(e.get("entity_id") != private for e in journal(broker))
         assert a.count("memoria_sync_events_published_total") == 1
@@ -93,14 +93,14 @@ def test_guide_check_private_memory_not_replicated(broker: Broker, tmp_path: Pat
 def test_update_out_of_range_withdraws_peer_copy(broker: Broker, tmp_path: Path) -> None:
     with two_regions(broker, tmp_path, a_range=(0, 15), b_range=(0, 10)) as (a, b):
         mid = a.write("shared for now", y=5)
-        wait_for(lambda: mid in b.ids(), what="first copy")
+        wait_until(lambda: mid in b.ids(), what="first copy")
         a.writes.update_memory(mid, {"y_coord": -3.0, "text": "now private"})
-        wait_for(lambda: mid not in b.ids(), what="withdrawal")
+        wait_until(lambda: mid not in b.ids(), what="withdrawal")
         # the private text never left region A
         assert not any("now private" in json.dumps(e) for e in journal(broker))
         high = a.write("above b's ceiling", y=12)
         low = a.write("inside", y=9)
-        wait_for(lambda: low in b.ids(), what="the in-range memory")
+        wait_until(lambda: low in b.ids(), what="the in-range memory")
         assert high not in b.ids()
 
 
@@ -128,10 +128,10 @@ def test_privacy_property_no_leaks(
             marker = a.write("marker", y=max(a_range[0], b_range[0]))
             expect_marker = a_range[0] <= max(a_range[0], b_range[0]) <= min(a_range[1], b_range[1])
             if expect_marker:
-                wait_for(lambda: marker in b.ids(), timeout=20, what="marker")
+                wait_until(lambda: marker in b.ids(), timeout=20, what="marker")
             else:
-                wait_for(lambda: a.store.outbox_depth("region-a") == 0, what="outbox drained")
-                wait_for(
+                wait_until(lambda: a.store.outbox_depth("region-a") == 0, what="outbox drained")
+                wait_until(
                     lambda: (
                         b.count("memoria_sync_events_received_total")
                         >= a.count("memoria_sync_events_published_total")
@@ -161,7 +161,7 @@ def test_regions_sharing_one_store_keep_their_own_outbox(
     b = Region("region-b", store, broker.sync(reader=True)).start()
     try:
         ids = {a.write(f"m{i}", y=0) for i in range(20)}
-        wait_for(lambda: b.count("memoria_sync_events_received_total") >= 20, what="delivery")
+        wait_until(lambda: b.count("memoria_sync_events_received_total") >= 20, what="delivery")
         assert ids <= b.ids()
         assert a.count("memoria_sync_events_published_total") == 20
         assert b.count("memoria_sync_events_published_total") == 0

@@ -8,19 +8,20 @@ from typing import Any
 import pytest
 from kopf.testing import KopfRunner
 
-from testbed.kube import KubeTarget
-from testbed.paths import SAMPLES
-from tests.e2e.operator_harness import (
+from testbed import wait_until
+from testbed.cluster import (
     condition,
     env_of,
     events_for,
-    eventually,
     get,
     mark_available,
-    running_operator,
+    parse_table,
     secret,
 )
-from tests.e2e.test_crd import parse_table, region
+from testbed.harness import running_operator
+from testbed.kube import KubeTarget
+from testbed.paths import SAMPLES
+from testbed.regions import region_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -59,8 +60,8 @@ def test_samples_become_deployments_services_and_ready(
     kube = crd_installed
     for sample in ("region-a.yaml", "region-b.yaml"):
         kube.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / sample))
-    dep_a = eventually(lambda: deployment(kube, namespace, "region-a"), what="deployment a")
-    dep_b = eventually(lambda: deployment(kube, namespace, "region-b"), what="deployment b")
+    dep_a = wait_until(lambda: deployment(kube, namespace, "region-a"), what="deployment a")
+    dep_b = wait_until(lambda: deployment(kube, namespace, "region-b"), what="deployment b")
     assert env_of(dep_a) == {
         **EXPECTED_A,
         "MEMORIA_LEADERSHIP__LEASE_NAMESPACE": namespace,
@@ -79,7 +80,7 @@ def test_samples_become_deployments_services_and_ready(
     assert container["securityContext"]["runAsNonRoot"] is True
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert pod["serviceAccountName"] == "memoria-region-a"
-    svc = eventually(lambda: get(kube, "service", "memoria-region-a", namespace), what="svc")
+    svc = wait_until(lambda: get(kube, "service", "memoria-region-a", namespace), what="svc")
     assert svc["spec"]["ports"][0]["port"] == 8080
     for obj in (dep_a, svc):
         owner = obj["metadata"]["ownerReferences"][0]
@@ -89,19 +90,19 @@ def test_samples_become_deployments_services_and_ready(
             True,
         )
     # not Ready until the Deployment reports available (no kubelet here: the test says so)
-    reg = eventually(lambda: get(kube, "mreg", "region-a", namespace), what="region")
-    assert eventually(
+    reg = wait_until(lambda: get(kube, "mreg", "region-a", namespace), what="region")
+    assert wait_until(
         lambda: condition(get(kube, "mreg", "region-a", namespace), "DeploymentAvailable"),
         what="condition",
     )
     assert condition(get(kube, "mreg", "region-a", namespace), "Ready")["status"] == "False"
     for name in ("region-a", "region-b"):
         mark_available(kube, namespace, f"memoria-{name}")
-    eventually(
+    wait_until(
         lambda: condition(get(kube, "mreg", "region-a", namespace), "Ready")["status"] == "True",
         what="Ready",
     )
-    eventually(
+    wait_until(
         lambda: condition(get(kube, "mreg", "region-b", namespace), "Ready")["status"] == "True",
         what="Ready b",
     )
@@ -116,7 +117,7 @@ def test_samples_become_deployments_services_and_ready(
 def test_drift_is_reverted(operator: KopfRunner, crd_installed: KubeTarget, namespace: str) -> None:
     kube = crd_installed
     kube.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "region-a.yaml"))
-    eventually(lambda: deployment(kube, namespace, "region-a"), what="deployment")
+    wait_until(lambda: deployment(kube, namespace, "region-a"), what="deployment")
     kube.kubectl(
         "set",
         "env",
@@ -140,11 +141,11 @@ def test_drift_is_reverted(operator: KopfRunner, crd_installed: KubeTarget, name
             and container["image"] == "memoria:test"
         )
 
-    eventually(restored, what="drift reverted")
+    wait_until(restored, what="drift reverted")
     kube.kubectl("delete", "deployment", "memoria-region-a", "-n", namespace)
-    eventually(lambda: deployment(kube, namespace, "region-a"), what="deployment recreated")
+    wait_until(lambda: deployment(kube, namespace, "region-a"), what="deployment recreated")
     kube.kubectl("delete", "service", "memoria-region-a", "-n", namespace)
-    eventually(
+    wait_until(
         lambda: get(kube, "service", "memoria-region-a", namespace),
         timeout=15,
         what="service recreated by the resync",
@@ -156,9 +157,9 @@ def test_reconcile_is_idempotent(
 ) -> None:
     kube = crd_installed
     kube.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "region-b.yaml"))
-    eventually(lambda: deployment(kube, namespace, "region-b"), what="deployment")
+    wait_until(lambda: deployment(kube, namespace, "region-b"), what="deployment")
     mark_available(kube, namespace, "memoria-region-b")
-    eventually(
+    wait_until(
         lambda: condition(get(kube, "mreg", "region-b", namespace), "Ready")["status"] == "True",
         what="Ready",
     )
@@ -182,7 +183,7 @@ def test_spec_update_rolls_out(
 ) -> None:
     kube = crd_installed
     kube.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "region-a.yaml"))
-    eventually(lambda: deployment(kube, namespace, "region-a"), what="deployment")
+    wait_until(lambda: deployment(kube, namespace, "region-a"), what="deployment")
     # two replicas need a shared store: the CRD refuses them on the embedded one
     kube.kubectl(
         "create", "secret", "generic", "region-a-store", "-n", namespace,
@@ -209,7 +210,7 @@ def test_spec_update_rolls_out(
             env["MEMORIA_SYNC__CHANNEL"],
         ) == ("-5", "12", "memoria-sync-v2")
 
-    eventually(followed, what="env follows the spec")
+    wait_until(followed, what="env follows the spec")
     assert deployment(kube, namespace, "region-a")["spec"]["replicas"] == 2
     events = events_for(kube, namespace, "region-a")
     assert any(e["reason"] == "Updated" and "Deployment" in e["message"] for e in events)
@@ -220,7 +221,7 @@ def test_delete_region_garbage_collects(
 ) -> None:
     kube = crd_installed
     kube.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "region-b.yaml"))
-    eventually(lambda: deployment(kube, namespace, "region-b"), what="deployment")
+    wait_until(lambda: deployment(kube, namespace, "region-b"), what="deployment")
     uid = get(kube, "mreg", "region-b", namespace)["metadata"]["uid"]
     for kind in ("deployment", "service", "serviceaccount", "role", "rolebinding"):
         owners = get(kube, kind, "memoria-region-b", namespace)["metadata"]["ownerReferences"]
@@ -230,7 +231,7 @@ def test_delete_region_garbage_collects(
         # real garbage collection by kube-controller-manager (it may need one discovery
         # resync to start watching the new CRD, hence the long bound)
         for kind in ("deployment", "service", "serviceaccount", "role", "rolebinding"):
-            eventually(
+            wait_until(
                 lambda kind=kind: get(kube, kind, "memoria-region-b", namespace) is None,
                 timeout=90,
                 what=f"{kind} garbage-collected",
@@ -242,7 +243,7 @@ def test_missing_secret_then_recovery(
     operator: KopfRunner, crd_installed: KubeTarget, namespace: str
 ) -> None:
     kube = crd_installed
-    body = region("secretive")
+    body = region_manifest("secretive")
     body["spec"]["sync"] = {
         "backend": "postgres",
         "table": "infra.memoria_sync_events",
@@ -250,7 +251,7 @@ def test_missing_secret_then_recovery(
     }
     body["spec"]["apiKeySecretRef"] = {"name": "api", "key": "api-key"}
     kube.apply(body, namespace)
-    cond = eventually(
+    cond = wait_until(
         lambda: condition(get(kube, "mreg", "secretive", namespace), "SecretsAvailable"),
         what="condition",
     )
@@ -258,7 +259,7 @@ def test_missing_secret_then_recovery(
     assert "pg-sync" in cond["message"] and "spec.sync.connectionSecretRef" in cond["message"]
     ready = condition(get(kube, "mreg", "secretive", namespace), "Ready")
     assert ready["status"] == "False" and ready["reason"] == "SecretMissing"
-    eventually(
+    wait_until(
         lambda: any(
             e["reason"] == "SecretMissing" for e in events_for(kube, namespace, "secretive")
         ),
@@ -267,7 +268,7 @@ def test_missing_secret_then_recovery(
     # a value that does not fit the backend: named, never quoted
     secret(kube, namespace, "pg-sync", url="redis://:hunter2@redis:6379/0")
     secret(kube, namespace, "api", **{"api-key": "k"})
-    cond = eventually(
+    cond = wait_until(
         lambda: (
             (c := condition(get(kube, "mreg", "secretive", namespace), "SecretsAvailable"))
             and c["reason"] == "SecretValueInvalid"
@@ -279,7 +280,7 @@ def test_missing_secret_then_recovery(
     assert "hunter2" not in str(get(kube, "mreg", "secretive", namespace))
     assert "hunter2" not in str(events_for(kube, namespace, "secretive"))
     secret(kube, namespace, "pg-sync", url="postgresql://memoria:hunter2@db:5432/memoria")
-    eventually(
+    wait_until(
         lambda: (
             condition(get(kube, "mreg", "secretive", namespace), "SecretsAvailable")["status"]
             == "True"
@@ -300,9 +301,9 @@ def test_inconsistent_spec_gets_a_condition(
     operator: KopfRunner, crd_installed: KubeTarget, namespace: str
 ) -> None:
     kube = crd_installed
-    body = region("odd", scheduler={"timeZone": "Mars/Olympus_Mons"})
+    body = region_manifest("odd", scheduler={"timeZone": "Mars/Olympus_Mons"})
     kube.apply(body, namespace)
-    cond = eventually(
+    cond = wait_until(
         lambda: condition(get(kube, "mreg", "odd", namespace), "ConfigValid"), what="condition"
     )
     assert cond["status"] == "False" and cond["reason"] == "InvalidTimeZone"
@@ -318,18 +319,18 @@ def test_inconsistent_spec_gets_a_condition(
         "-p",
         '{"spec": {"scheduler": {"timeZone": "Europe/Paris"}}}',
     )
-    eventually(
+    wait_until(
         lambda: condition(get(kube, "mreg", "odd", namespace), "ConfigValid")["status"] == "True",
         what="fixed",
     )
-    eventually(lambda: deployment(kube, namespace, "odd"), what="deployment once valid")
+    wait_until(lambda: deployment(kube, namespace, "odd"), what="deployment once valid")
 
 
 def test_operator_restart_completes_the_work(crd_installed: KubeTarget, namespace: str) -> None:
     kube = crd_installed
     with running_operator(kube):
         kube.kubectl("apply", "-n", namespace, "-f", str(SAMPLES / "region-a.yaml"))
-        eventually(lambda: deployment(kube, namespace, "region-a"), what="deployment")
+        wait_until(lambda: deployment(kube, namespace, "region-a"), what="deployment")
     # while no operator runs: things break and the spec changes
     kube.kubectl("delete", "service", "memoria-region-a", "-n", namespace)
     kube.kubectl("scale", "deployment/memoria-region-a", "-n", namespace, "--replicas=3")
@@ -344,8 +345,8 @@ def test_operator_restart_completes_the_work(crd_installed: KubeTarget, namespac
         '{"spec": {"privacy": {"floor": 3}}}',
     )
     with running_operator(kube):
-        eventually(lambda: get(kube, "service", "memoria-region-a", namespace), what="svc")
-        eventually(
+        wait_until(lambda: get(kube, "service", "memoria-region-a", namespace), what="svc")
+        wait_until(
             lambda: (
                 (d := deployment(kube, namespace, "region-a"))
                 and d["spec"]["replicas"] == 1

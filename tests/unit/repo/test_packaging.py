@@ -1,0 +1,36 @@
+"""What ships: the wheel holds the two product packages and nothing of the test bed, and the
+operator's package stays clear of the region runtime's HTTP stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from testbed.paths import REPO, run_python
+
+
+def test_the_wheel_holds_the_product_and_no_test_bed(tmp_path: Path) -> None:
+    # pip builds it as any installer would: in isolation, with the hatchling pyproject asks for
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {
+        "memoria",
+        "memoria_operator",
+        f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info",
+    }
+    assert not [n for n in names if "testbed" in n or "demo" in n or n.startswith("tests/")]
+    assert "memoria/py.typed" in names and "memoria_operator/py.typed" in names
+
+
+def test_importing_the_operator_does_not_load_fastapi() -> None:
+    proc = run_python(
+        "import sys, memoria_operator; assert 'fastapi' not in sys.modules, 'fastapi loaded'"
+    )
+    assert proc.returncode == 0, proc.stderr
