@@ -5,8 +5,9 @@
 #
 # Unit tests alone (`bash hack/test.sh tests/unit -q`, or paths below tests/unit) need neither
 # servers nor Kubernetes binaries: the bootstrap is skipped while .venv is current for this
-# pyproject.toml, and otherwise installs only the virtualenv. With no arguments (what CI runs),
-# the full bootstrap runs first, as always.
+# pyproject.toml, and otherwise installs only the virtualenv (none of the real node's Debian
+# packages either: MEMORIA_NODE=0). With no arguments (what CI runs), the full bootstrap runs
+# first, as always.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,7 +24,7 @@ stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if ((unit_only)) && [[ -f $stamp ]]; then
   echo "== unit tests only and .venv is current: no bootstrap" >&2
 elif ((unit_only)); then
-  MEMORIA_BOOTSTRAP_PYTHON_ONLY=1 bash hack/bootstrap.sh
+  MEMORIA_NODE=0 MEMORIA_BOOTSTRAP_PYTHON_ONLY=1 bash hack/bootstrap.sh
 else
   bash hack/bootstrap.sh
 fi
