@@ -368,7 +368,11 @@ def test_region_service_account_is_limited(crd_installed: KubeTarget, namespace:
 
     assert can("get", "leases/memoria-scheduler-default")
     assert can("watch", "leases/memoria-scheduler-default")
-    assert can("patch", "memoriaregions.memoria.arcafutura.io/region-a")
+    # issue 15: a region's identity asks for promotion through its own ConfigMap and can no
+    # longer write its MemoriaRegion (its image and Secret references are not the pod's to set)
+    assert not can("patch", "memoriaregions.memoria.arcafutura.io/region-a")
+    assert can("patch", "configmaps/memoria-region-a-promote")
+    assert not can("patch", "configmaps/memoria-region-b-promote")
     assert not can("update", "leases/memoria-scheduler-default")
     assert not can("create", "leases")
     assert not can("patch", "memoriaregions.memoria.arcafutura.io/region-b")
