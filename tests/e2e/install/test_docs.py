@@ -30,6 +30,7 @@ DOC_ORDER = [
     "docs/sync.md",
     "docs/api.md",
     "docs/operations.md",
+    "docs/security.md",
     "README.md",
 ]
 
