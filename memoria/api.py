@@ -346,5 +346,6 @@ def public_health(report: dict[str, Any]) -> dict[str, Any]:
             "lease": leadership.get("lease"),
             "held": leadership.get("held"),
             "watch_connected": leadership.get("watch_connected"),
+            "seconds_disconnected": leadership.get("seconds_disconnected"),
         },
     }

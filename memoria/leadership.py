@@ -90,6 +90,7 @@ class LeaseWatcher:
         self.on_change = on_change
         self.view = LeaseView(None, 0, 0.0)
         self.connected = False
+        self.disconnected_at: float | None = time.monotonic()  # None while connected
         self.last_error: str | None = None
         self._reported: tuple[bool, int] | None = None
         self._stop = threading.Event()
@@ -180,6 +181,7 @@ class LeaseWatcher:
                 if not listing.items:
                     self._update(LeaseView(None, 0, 0.0))
                 self.connected, self.last_error = True, None
+                self.disconnected_at = None
                 if outage:
                     log.info("lease watch: reconnected to the API server")
                     outage = False
@@ -196,6 +198,8 @@ class LeaseWatcher:
                         api.api_client.close()
                     api = None
                 self.connected = False
+                if self.disconnected_at is None:
+                    self.disconnected_at = time.monotonic()
                 self.last_error = str(exc).splitlines()[0][:300]
                 if self._stop.is_set():
                     return
@@ -218,6 +222,11 @@ class LeaseWatcher:
             "held": view.held_by(self.identity),
             "seconds_left": round(max(0.0, view.valid_until - time.monotonic()), 3),
             "watch_connected": self.connected,
+            "seconds_disconnected": (
+                0.0
+                if self.disconnected_at is None
+                else round(time.monotonic() - self.disconnected_at, 1)
+            ),
             "last_error": self.last_error,
         }
 

@@ -80,15 +80,24 @@ def scheduler_leading(body: Any) -> bool | None:
     return bool(scheduler.get("leading"))
 
 
+# a watch that reconnects (a dropped connection, an API server restart) is not blindness
+BLIND_AFTER_SECONDS = 5.0
+
+
 def lease_blind(body: Any) -> bool:
-    """True when a /healthz body says the region follows a Lease but cannot watch it: such a
-    region never arms its scheduler, so it must neither keep nor be given leadership."""
+    """True when a /healthz body says the region follows a Lease but has not been able to watch
+    it for :data:`BLIND_AFTER_SECONDS`: such a region never arms its scheduler, so it must
+    neither keep nor be given leadership."""
     if not isinstance(body, dict):
         return False
     leadership = body.get("leadership")
     if not isinstance(leadership, dict) or not leadership.get("lease"):
         return False
-    return leadership.get("watch_connected") is False
+    if leadership.get("watch_connected") is not False:
+        return False
+    away = leadership.get("seconds_disconnected")
+    # a runtime that does not say for how long counts as blind at once
+    return not isinstance(away, int | float) or away >= BLIND_AFTER_SECONDS
 
 
 async def probe(

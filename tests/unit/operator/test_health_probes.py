@@ -144,6 +144,10 @@ def test_a_region_that_cannot_watch_its_lease_is_not_healthy(server: _Server) ->
     from memoria_operator.health import lease_blind
 
     assert lease_blind({"leadership": {"lease": "ns/l", "watch_connected": False}})
+    blind = {"lease": "ns/l", "watch_connected": False, "seconds_disconnected": 6.0}
+    assert lease_blind({"leadership": blind})
+    # a watch reconnecting for a moment is not blindness
+    assert not lease_blind({"leadership": {**blind, "seconds_disconnected": 1.0}})
     assert not lease_blind({"leadership": {"lease": "ns/l", "watch_connected": True}})
     assert not lease_blind({"leadership": {"lease": None, "held": True}})  # no Lease to follow
     assert not lease_blind(None)
