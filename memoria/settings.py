@@ -75,7 +75,8 @@ class SyncSettings(BaseModel):
     @field_validator("channel")
     @classmethod
     def _channel(cls, value: str) -> str:
-        if value and not _CHANNEL_RE.match(value):
+        # only values given are checked: "" here was given (unset is the default, unchecked)
+        if not _CHANNEL_RE.match(value):
             raise ValueError("must be 1-63 characters of letters, digits, '_', '.', ':' or '-'")
         return value
 

@@ -40,7 +40,7 @@ def memory_from_event(event: SyncEvent) -> Memory:
         updated_at=facts.updated_at or now,
         version=facts.version,
         origin=event.origin or "",
-        x_as_of=facts.x_as_of or UNKNOWN_AS_OF,
+        x_as_of=UNKNOWN_AS_OF if facts.x_as_of is None else facts.x_as_of,
     )
 
 
