@@ -127,11 +127,15 @@ class RedisReferencePeer:
         receiver = self.receiver
 
         def run() -> None:
-            while not self._stop.is_set():
-                message = pubsub.get_message(timeout=0.1)
-                if message and message["type"] == "message":
-                    receiver.receive(message["data"])
-            pubsub.close()
+            try:
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.1)
+                    if message and message["type"] == "message":
+                        receiver.receive(message["data"])
+            except redis.ConnectionError:
+                return  # the reference's listener ends with its connection: no reconnect
+            finally:
+                pubsub.close()
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
@@ -189,10 +193,14 @@ class PostgresReferencePeer:
         receiver = self.receiver
 
         def run() -> None:
-            while not self._stop.is_set():
-                for note in listener.notifies(timeout=0.1):
-                    receiver.receive(note.payload)
-            listener.close()
+            try:
+                while not self._stop.is_set():
+                    for note in listener.notifies(timeout=0.1):
+                        receiver.receive(note.payload)
+            except psycopg.OperationalError:
+                return  # the reference's listener ends with its connection: no reconnect
+            finally:
+                listener.close()
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
