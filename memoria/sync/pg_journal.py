@@ -191,15 +191,15 @@ class Journal:
 
 
 # a note too large for NOTIFY: what a reference receiver can act on without the content
-_STUB = sql.SQL(
-    "'{{\"journal_id\":' || id || ',\"truncated\":true,' || substr(jsonb_strip_nulls("
+_STUB = sql.SQL(  # not a format string: braces are literal
+    "'{\"journal_id\":' || id || ',\"truncated\":true,' || substr(jsonb_strip_nulls("
     "jsonb_build_object('action', payload->'action', 'entity_type', payload->'entity_type',"
     " 'namespace', payload->'namespace', 'created_at', payload->'created_at',"
     " 'entity_id', payload->'entity_id', 'origin', payload->'origin',"
     " 'event_id', payload->'event_id', 'payload', jsonb_build_object("
-    "  'memory_id', payload#>'{{payload,memory_id}}',"
-    "  'namespace', payload#>'{{payload,namespace}}',"
-    "  'privacy', payload#>'{{payload,privacy}}')))::text, 2)"
+    "  'memory_id', payload#>'{payload,memory_id}',"
+    "  'namespace', payload#>'{payload,namespace}',"
+    "  'privacy', payload#>'{payload,privacy}')))::text, 2)"
 )
 
 
