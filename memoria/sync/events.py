@@ -62,16 +62,22 @@ _LEGACY_ACTIONS = {
     "decrement": Action.DECREMENT,
 }
 _E = TypeVar("_E", bound=StrEnum)
+# value -> member: a dict lookup, several times cheaper than calling the enum, on the hot path
+_MEMBERS: dict[type[StrEnum], dict[Any, Any]] = {
+    Action: {m.value: m for m in Action},
+    EntityType: {m.value: m for m in EntityType},
+}
 
 
 def _member(enum: type[_E], value: Any, name: str, error: type[EventFormatError]) -> _E:
-    if isinstance(value, enum):
-        return value
     try:
-        return enum(value)
-    except ValueError:
+        member: _E | None = _MEMBERS[enum].get(value)
+    except TypeError:  # unhashable
+        member = None
+    if member is None:
         allowed = ", ".join(m.value for m in enum)
         raise error(f"unknown {name} {value!r} (allowed: {allowed})") from None
+    return member
 
 
 def _now() -> dt.datetime:
@@ -195,16 +201,20 @@ class SyncEvent:
         event_id = data.get("event_id")
         if event_id is None:
             event_id = content_key(data)
-        return cls(
-            action=action,
-            entity_type=entity_type,
-            namespace=namespace,
-            entity_id=entity_id if isinstance(entity_id, str) else None,
-            payload=payload if isinstance(payload, dict) else {},
-            origin=origin if isinstance(origin, str) else None,
-            created_at=_time(data.get("created_at")),
-            event_id=event_id,
-        )
+        if not isinstance(event_id, str) or not 1 <= len(event_id) <= 64:
+            raise EventFormatError("event_id must be a string of 1-64 characters")
+        # every field is checked above: skip __init__'s checks (this runs per inbound event)
+        event = object.__new__(cls)
+        init = object.__setattr__
+        init(event, "action", action)
+        init(event, "entity_type", entity_type)
+        init(event, "namespace", namespace)
+        init(event, "entity_id", entity_id if isinstance(entity_id, str) and entity_id else None)
+        init(event, "payload", payload if isinstance(payload, dict) else {})
+        init(event, "origin", origin if isinstance(origin, str) and origin else None)
+        init(event, "created_at", _time(data.get("created_at")))
+        init(event, "event_id", event_id)
+        return event
 
 
 def _time(raw: Any) -> dt.datetime:

@@ -59,9 +59,14 @@ def _client(url: str, socket_timeout: float) -> redis.Redis:
         decode_responses=True,
         socket_timeout=socket_timeout,
         socket_connect_timeout=2,
+        socket_keepalive=True,
         # fail fast: the outbox and the listener loop do the retrying, with backoff
         retry=Retry(NoBackoff(), 0),
         health_check_interval=15,
+        # RESP2: a channel message is a plain reply the connection reads in ~4 us, where
+        # RESP3 push handling and PubSub.get_message cost 30-50 us each, which capped a
+        # subscriber at half the rate of our Stream
+        protocol=2,
     )
 
 
@@ -108,20 +113,28 @@ class _RedisSubscription(Subscription):
             client.close()
 
     def _listen(self, pubsub: PubSub, wait: float) -> tuple[list[Delivery], bool]:
-        """(reference messages to apply, whether one of ours was heard) from the channel."""
+        """(reference messages to apply, whether one of ours was heard) from the channel.
+
+        Reads the subscribed connection's replies directly (``[kind, channel, data]``), the
+        cheap way; a message of ours is recognised by its first bytes, never parsed here.
+        """
         direct: list[Delivery] = []
         heard = False
-        message = pubsub.get_message(timeout=wait)
-        taken = 0
-        while message is not None and taken < _BATCH:
-            taken += 1
-            if message.get("type") == "message":
-                data = message["data"]
+        conn = pubsub.connection
+        if conn is None:
+            raise redis.ConnectionError("the subscription lost its connection")
+        if not conn.can_read(timeout=wait):
+            return direct, heard
+        for _ in range(_BATCH):
+            reply: Any = conn.read_response()
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] == "message":
+                data = reply[2]
                 if data.startswith(STREAM_MARK):
                     heard = True
                 else:
                     direct.append(decode(data, None))
-            message = pubsub.get_message(timeout=0)
+            if not conn.can_read(timeout=0):
+                break
         return direct, heard
 
     def _read_stream(self, client: redis.Redis) -> int:
