@@ -108,15 +108,19 @@ def _object(value: Any) -> dict[str, Any]:
 
 def parts(payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(snapshot, replica record) of a payload, by the reference's rule for flat payloads."""
-    if any(k in payload for k in _STRUCTURED_KEYS):
-        return _object(payload.get("snapshot")), _object(
-            _object(payload.get("replica")).get("record")
-        )
+    for key in _STRUCTURED_KEYS:
+        if key in payload:
+            replica = payload.get("replica")
+            record = replica.get("record") if isinstance(replica, dict) else None
+            return _object(payload.get("snapshot")), _object(record)
     return payload, {}
 
 
 def _first(*candidates: Any) -> Any:
-    return next((c for c in candidates if c is not None), None)
+    for candidate in candidates:
+        if candidate is not None:
+            return candidate
+    return None
 
 
 def _number(value: Any, name: str) -> float:
@@ -139,18 +143,23 @@ def _text(value: Any, name: str) -> str:
     return value
 
 
-def privacy_of(payload: dict[str, Any]) -> float | None:
+# each reader takes the (snapshot, record) of the payload when its caller has them already
+
+Parts = tuple[dict[str, Any], dict[str, Any]]
+
+
+def privacy_of(payload: dict[str, Any], split: Parts | None = None) -> float | None:
     """The privacy a range is compared with, or None if the payload does not say."""
-    snapshot, record = parts(payload)
+    snapshot, record = split or parts(payload)
     value = _first(payload.get("privacy"), snapshot.get("y_coord"), record.get("y_coord"))
     return None if value is None else _number(value, "payload.privacy")
 
 
-def memory_id_of(event: SyncEvent) -> str:
+def memory_id_of(event: SyncEvent, split: Parts | None = None) -> str:
     """Which memory an event is about: ``payload.memory_id``, else the snapshot's or the
     record's, else ``entity_id`` (a reference capture shows they can differ; the payload's is
     the one its receiver stores)."""
-    snapshot, record = parts(event.payload)
+    snapshot, record = split or parts(event.payload)
     value = _first(
         event.payload.get("memory_id"),
         snapshot.get("memory_id"),
@@ -165,11 +174,11 @@ def memory_id_of(event: SyncEvent) -> str:
     return value
 
 
-def version_of(event: SyncEvent) -> int:
+def version_of(event: SyncEvent, split: Parts | None = None) -> int:
     """Our ``version`` when the sender is one of ours; for a reference sender, which has no
     versions, the event's time in microseconds, so its writes are ordered by when they were
     made (and a later one wins over our small counters)."""
-    snapshot, _record = parts(event.payload)
+    snapshot, _record = split or parts(event.payload)
     version = _first(event.payload.get("version"), snapshot.get("version"))
     if version is None:
         return max(1, int(event.created_at.timestamp() * 1_000_000))
@@ -196,17 +205,19 @@ class MemoryFacts:
 def read_memory(event: SyncEvent) -> MemoryFacts:
     """The memory an inbound create/update carries; EventFormatError if it cannot be read."""
     payload = event.payload
-    snapshot, record = parts(payload)
+    split = snapshot, record = parts(payload)
     processed = _object(record.get("processed_data"))
     text = _first(snapshot.get("text"), processed.get("text"), record.get("text"))
     if text is None:
         raise EventFormatError("payload has no text (snapshot.text or replica.record)")
-    y = privacy_of(payload)
+    y = privacy_of(payload, split)
     if y is None:
         raise EventFormatError("payload has no privacy (privacy or y_coord)")
 
     def coordinate(name: str) -> float:
-        value = _first(snapshot.get(name), record.get(name))
+        value = snapshot.get(name)
+        if value is None:
+            value = record.get(name)
         return 0.0 if value is None else _number(value, f"payload.{name}")
 
     created = _first(
@@ -215,13 +226,13 @@ def read_memory(event: SyncEvent) -> MemoryFacts:
     updated = _first(payload.get("updated_at"), snapshot.get("updated_at"))
     as_of = _first(payload.get("x_as_of"), snapshot.get("x_as_of"))
     return MemoryFacts(
-        memory_id=memory_id_of(event),
+        memory_id=memory_id_of(event, split),
         text=_text(text, "payload text"),
         x_coord=coordinate("x_coord"),
         y_coord=y,
         z_coord=coordinate("z_coord"),
         created_at=str(created) if created is not None else None,
         updated_at=str(updated) if updated is not None else None,
-        version=version_of(event),
+        version=version_of(event, split),
         x_as_of=as_of if isinstance(as_of, str) and len(as_of) <= 10 else None,
     )
