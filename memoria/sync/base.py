@@ -30,6 +30,7 @@ BatchHandler = Callable[[list[Delivery]], None]
 
 #: resume position meaning "everything the journal still holds"
 BEGINNING = "0"
+_LIVE_KEPT = 10_000  # journal-less events kept for a handler that failed (say the store is down)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Subscription(threading.Thread):
         self.stats = ListenerStats()
         self.stopping = threading.Event()
         self._outage_logged = False
+        self._live: list[Delivery] = []
 
     # subclasses: one connected session; return when stopping, raise on a broken connection
     @abstractmethod
@@ -83,6 +85,20 @@ class Subscription(threading.Thread):
         last = batch[-1].position
         if last is not None:
             self.position = last
+
+    def hand_over_live(self, batch: list[Delivery]) -> None:
+        """Give the handler events that come from no journal (a reference publisher's PUBLISH
+        or NOTIFY): nothing could send them again, so they are kept here (up to 10,000, the
+        oldest dropped first) until a handler that failed takes them, also across reconnects."""
+        self._live.extend(batch)
+        if len(self._live) > _LIVE_KEPT:
+            log.warning(
+                "%s: dropping %d unapplied live events", self.name, len(self._live) - _LIVE_KEPT
+            )
+            del self._live[:-_LIVE_KEPT]
+        if self._live:
+            self.hand_over(self._live)
+            self._live = []
 
     def connected(self) -> None:
         self.stats.connected = True

@@ -87,6 +87,7 @@ class _PostgresSubscription(Subscription):
                 if self.position is None:  # "from now"
                     self.position = str(self.journal.last_id(conn))
             self.connected()
+            self.hand_over_live([])  # what a failed handler left
             recheck_at = 0.0  # catch up at once
             while not self.stopping.is_set():
                 wait = max(0.0, min(0.5, recheck_at - time.monotonic()))
@@ -97,7 +98,7 @@ class _PostgresSubscription(Subscription):
                         break
                     notes.extend(more)
                 direct, hinted = self.sort([n.payload for n in notes])
-                self.hand_over(direct)
+                self.hand_over_live(direct)
                 if self.journal is not None and (hinted or time.monotonic() >= recheck_at):
                     gap = self.catch_up(conn)
                     recheck_at = time.monotonic() + (0.2 if gap else _IDLE_RECHECK)

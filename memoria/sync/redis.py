@@ -100,10 +100,11 @@ class _RedisSubscription(Subscription):
                 last: Any = client.xrevrange(stream, count=1)
                 self.position = str(last[0][0]) if last else "0-0"
             self.connected()
+            self.hand_over_live([])  # what a failed handler left
             backlog = True  # catch up first
             while not self.stopping.is_set():
                 direct, heard = self._listen(pubsub, wait=0 if backlog else self.block)
-                self.hand_over(direct)
+                self.hand_over_live(direct)
                 if backlog or heard or not direct:
                     # one Stream batch per turn, so the channel is drained between batches of
                     # a long catch-up and Redis never has to drop us for a full output buffer

@@ -155,3 +155,33 @@ def test_the_applier_counts_and_skips_what_it_does_not_handle(tmp_path: Path) ->
     assert dropped("own_origin") == 1
     assert dropped("privacy_in") == 1
     store.close()
+
+
+def test_live_events_wait_for_a_handler_that_failed() -> None:
+    """A reference publisher's event has no journal to be read again from: a subscription keeps
+    it until its handler takes it (say once the store is back)."""
+    from memoria.sync.base import Subscription
+    from memoria.sync.events import Delivery
+
+    taken: list[list[Delivery]] = []
+    store_down = [True]
+
+    def handler(batch: list[Delivery]) -> None:
+        if store_down[0]:
+            raise RuntimeError("store down")
+        taken.append(list(batch))
+
+    class Live(Subscription):
+        def session(self) -> None:  # never started here
+            raise NotImplementedError
+
+    sub = Live("live", handler, None)
+    first = decode(capture("memory.created"), None)
+    with pytest.raises(RuntimeError):
+        sub.hand_over_live([first])
+    store_down[0] = False
+    second = decode(capture("memory.updated"), None)
+    sub.hand_over_live([second])
+    assert taken == [[first, second]]
+    sub.hand_over_live([])
+    assert len(taken) == 1
