@@ -3,7 +3,13 @@
     .venv/bin/python bench/sync_bench.py [--events 200000] [--latency-seconds 10]
 
 Prints, per backend (Redis, PostgreSQL with a journal table):
-- delivered events/s: first publish to last delivery, 300-byte payloads, batches of 500;
+- delivered events/s: first publish to last delivery, 300-byte payloads, batches of 500
+  (``publish_many``, what the outbox relay does);
+- the guide's call: ``SyncEvent(action="memory.created", ...)`` and ``backend.publish(event)``,
+  one event per call, then ``flush()``: publish() calls/s and delivered events/s; beside it, in
+  the same run, the reference implementation's documented calls emulated (a plain ``PUBLISH``
+  per event on Redis; ``INSERT`` then ``NOTIFY`` per event on PostgreSQL, autocommit), so the
+  ratio is measured on the same loaded machine;
 - publish-to-handler latency p50/p99 at a steady 1,000 events/s;
 - for Redis, raw ``redis-benchmark`` PUBLISH throughput from the same run, and our ratio to it;
 and end to end, memories/s replicated from one region's store into the peer region's store.
@@ -12,6 +18,7 @@ and end to end, memories/s replicated from one region's store into the peer regi
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import shutil
@@ -23,6 +30,10 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import psycopg
+import redis
+from psycopg import sql
 
 from memoria.sync.base import SyncBackend
 from memoria.sync.events import Action, EntityType, SyncEvent
@@ -37,6 +48,33 @@ def make_backend(kind: str, url: str, channel: str) -> SyncBackend:
     if kind == "redis":
         return RedisSyncBackend(url, channel=channel)
     return PostgresSyncBackend(url, channel=channel, table="bench.memoria_sync_events")
+
+
+def guide_event(i: int, filler: str) -> SyncEvent:
+    """The guide's call, keyword arguments and string action."""
+    return SyncEvent(
+        action="memory.created",
+        entity_type="memory",
+        namespace="bench",
+        entity_id=str(i),
+        payload={"i": i, "t": time.time(), "text": filler},
+    )
+
+
+def reference_style_json(i: int, filler: str) -> str:
+    """An event as the reference implementation encodes one (a dict, the stdlib's json)."""
+    created = dt.datetime.now(dt.UTC).isoformat()
+    return json.dumps(
+        {
+            "action": "memory.created",
+            "entity_type": "memory",
+            "namespace": "bench",
+            "created_at": created,
+            "entity_id": str(i),
+            "payload": {"i": i, "t": time.time(), "text": filler},
+            "origin": "bench-reference",
+        }
+    )
 
 
 def event(i: int, filler: str) -> SyncEvent:
@@ -89,6 +127,33 @@ def role_subscriber(kind: str, url: str, channel: str, expect: int, mode: str) -
     )
 
 
+def role_reference_style(kind: str, url: str, channel: str, count: int) -> None:
+    """The reference's documented publish, one event per call, as a loop would call it."""
+    filler = filler_for(PAYLOAD_BYTES)
+    if kind == "redis":
+        client = redis.Redis.from_url(url, decode_responses=True)
+        start = time.time()
+        for i in range(count):
+            client.publish(channel, reference_style_json(i, filler))
+    else:
+        conn = psycopg.connect(url, autocommit=True)
+        table = sql.Identifier("bench", "reference_events")
+        conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (id BIGSERIAL PRIMARY KEY, created_at TIMESTAMPTZ "
+                "NOT NULL DEFAULT NOW(), payload JSONB NOT NULL)"
+            ).format(table)
+        )
+        insert = sql.SQL("INSERT INTO {} (payload) VALUES (%s)").format(table)
+        start = time.time()
+        for i in range(count):
+            raw = reference_style_json(i, filler)
+            conn.execute(insert, (raw,))
+            conn.execute(sql.SQL("NOTIFY {}, {}").format(sql.Identifier(channel), sql.Literal(raw)))
+    print(json.dumps({"start": start, "calls_done": time.time()}), flush=True)
+
+
 def role_publisher(kind: str, url: str, channel: str, count: int, mode: str, rate: int) -> None:
     backend = make_backend(kind, url, channel)
     filler = filler_for(PAYLOAD_BYTES)
@@ -96,6 +161,14 @@ def role_publisher(kind: str, url: str, channel: str, count: int, mode: str, rat
     if kind == "postgres":
         backend.ping()
     start = time.time()
+    if mode == "guide":
+        for i in range(count):
+            backend.publish(guide_event(i, filler))
+        calls_done = time.time()
+        backend.flush(600)
+        backend.close()
+        print(json.dumps({"start": start, "calls_done": calls_done}), flush=True)
+        return
     if mode == "throughput":
         batch = 500
         for base in range(0, count, batch):
@@ -134,7 +207,16 @@ def run_pair(kind: str, url: str, count: int, mode: str, rate: int = 1000) -> di
     published = json.loads(pub_out.strip().splitlines()[-1])
     got = json.loads(sub_out.strip().splitlines()[-1])
     assert got["received"] >= count, f"{kind}: received {got['received']} of {count}"
-    return {"start": published["start"], **got}
+    return {**published, **got}
+
+
+def run_reference_style(kind: str, url: str, count: int) -> float:
+    """publish calls/s of the reference's documented calls, emulated (no subscriber)."""
+    channel = f"ref{uuid.uuid4().hex[:8]}"
+    proc = child("reference-style", kind, url, channel, str(count), "-")
+    out, _ = proc.communicate(timeout=900)
+    result = json.loads(out.strip().splitlines()[-1])
+    return float(count / (result["calls_done"] - result["start"]))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -174,13 +256,13 @@ def e2e_region(name: str, kind: str, url: str, channel: str, tmp: str) -> Any:
     from pydantic import SecretStr
 
     from memoria.runtime import Runtime
-    from memoria.settings import DatabaseSettings, MemoriaSettings, SyncSettings
+    from memoria.settings import DatabaseSettings, MemoriaSettings, SyncBackendName, SyncSettings
 
     table = "bench.memoria_sync_events" if kind == "postgres" else None
     sync = SyncSettings(
         enabled=True,
-        backend=kind,
-        connection_url=url,  # type: ignore[arg-type]
+        backend=SyncBackendName(kind),
+        connection_url=SecretStr(url),
         channel=channel,
         table=table,
     )
@@ -253,7 +335,9 @@ def replicate_end_to_end(
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         role, kind, url, channel, n, mode, *rest = sys.argv[2:]
-        if role == "e2e-reader":
+        if role == "reference-style":
+            role_reference_style(kind, url, channel, int(n))
+        elif role == "e2e-reader":
             role_e2e_reader(kind, url, channel, int(n), mode)
         elif role == "e2e-writer":
             role_e2e_writer(kind, url, channel, int(n), mode, rest[0] == "1")
@@ -268,6 +352,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--latency-seconds", type=int, default=10)
     parser.add_argument("--e2e-memories", type=int, default=50_000)
+    parser.add_argument("--guide-events", type=int, default=100_000)
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="memoria-bench-"))
@@ -279,30 +364,36 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores; payload {PAYLOAD_BYTES} bytes; "
         f"{args.events} events per throughput run"
     )
-    results: dict[str, Any] = {}
     try:
         for kind, url in (("redis", redis_server.url), ("postgres", pg_url)):
             thr = run_pair(kind, url, args.events, "throughput")
             rate = args.events / (thr["last"] - thr["start"])
+            # the raw figure right after ours: a loaded machine's speed drifts within minutes
+            raw = redis_benchmark_publish(redis_server.port, args.events) if kind == "redis" else 0
             lat = run_pair(kind, url, args.latency_seconds * 1000, "latency", 1000)
             ms = [x * 1000 for x in lat["latencies"]]
-            results[kind] = {
-                "delivered_per_s": rate,
-                "p50_ms": statistics.median(ms),
-                "p99_ms": percentile(ms, 0.99),
-                "max_ms": max(ms),
-            }
             print(
                 f"{kind:9s} delivered {rate:10,.0f} events/s | at 1,000/s: "
                 f"p50 {statistics.median(ms):.2f} ms, p99 {percentile(ms, 0.99):.2f} ms, "
                 f"max {max(ms):.2f} ms"
             )
-        raw = redis_benchmark_publish(redis_server.port, args.events)
-        if raw:
-            ratio = results["redis"]["delivered_per_s"] / raw
+            if raw:
+                print(
+                    f"          redis-benchmark PUBLISH right after (50 clients, no pipeline): "
+                    f"{raw:,.0f} req/s; ours delivered/raw publish = {rate / raw:.2f}x"
+                )
+        print(
+            f"the guide's call, one event per publish(), {args.guide_events} events, then flush():"
+        )
+        for kind, url in (("redis", redis_server.url), ("postgres", pg_url)):
+            guide = run_pair(kind, url, args.guide_events, "guide")
+            calls = args.guide_events / (guide["calls_done"] - guide["start"])
+            delivered = args.guide_events / (guide["last"] - guide["start"])
+            reference = run_reference_style(kind, url, min(args.guide_events, 20_000))
             print(
-                f"redis-benchmark PUBLISH (same run, 50 clients, no pipeline): {raw:,.0f} "
-                f"req/s; ours delivered/raw publish = {ratio:.2f}x"
+                f"  {kind:9s} ours: {calls:10,.0f} publish() calls/s, {delivered:10,.0f} "
+                f"events/s delivered | the reference's calls emulated: {reference:8,.0f}/s "
+                f"| ours delivered / reference = {delivered / reference:.1f}x"
             )
         for kind, url in (("redis", redis_server.url), ("postgres", pg_url)):
             pipeline, _ = replicate_end_to_end(kind, url, args.e2e_memories, tmp, True)

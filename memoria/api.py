@@ -194,6 +194,7 @@ _SETTINGS_BODY: dict[str, Any] = {
                         "sync.privacy_floor": {"type": "integer", "minimum": -15, "maximum": 15},
                         "sync.privacy_ceiling": {"type": "integer", "minimum": -15, "maximum": 15},
                         "sync.realtime_replication": {"type": "boolean"},
+                        "sync.namespaces": {"type": "array", "items": {"type": "string"}},
                         "decrement_tz": {"type": "string"},
                         "disable_schedulers": {"type": "boolean"},
                     },

@@ -10,9 +10,12 @@
     │   └── MemoryNotFound       no memory with that id
     ├── SyncError                a sync backend failed
     │   ├── BrokerUnavailable    the broker cannot be reached right now (retried, never fatal)
+    │   │   └── BrokerRefused    it is reached but refuses events for its setup (wrong table,
+    │   │                        no privilege, read-only): kept queued until the setting is fixed
     │   ├── BrokerBusy           a relay is stuck in a publish; a live switch was not applied
-    │   ├── EventRejected        the broker refuses this event's content (dropped, logged)
-    │   └── EventFormatError     an inbound payload is not a valid SyncEvent (logged, skipped)
+    │   ├── EventRejected        the broker refuses this event's content (dropped, counted)
+    │   └── EventFormatError     not a valid SyncEvent (also a ValueError: raised when one is made)
+    │       └── UnsupportedEvent a valid envelope this region does not handle (counted, skipped)
     └── LeadershipError          the Kubernetes side of leadership failed (promote, Lease)
         └── NotConfigured        no Kubernetes credentials or identity for this region
 """
@@ -48,6 +51,16 @@ class BrokerUnavailable(SyncError):
     """The broker cannot be reached; the caller keeps the event and retries."""
 
 
+class BrokerRefused(BrokerUnavailable):
+    """The broker is reachable but refuses every event because of how it is set up (a table that
+    is not a journal, a missing privilege, a read-only server): nothing is dropped, the events
+    wait until an operator fixes the setting. ``reason`` is a short label for metrics."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class BrokerBusy(SyncError):
     """The relay has been inside one publish for too long (a stalled broker)."""
 
@@ -56,8 +69,14 @@ class EventRejected(SyncError):
     """The broker refuses an event for its content (it would refuse it on every retry)."""
 
 
-class EventFormatError(SyncError):
-    """An inbound payload is not a valid SyncEvent."""
+class EventFormatError(SyncError, ValueError):
+    """Not a valid SyncEvent: an inbound payload, or arguments given to ``SyncEvent(...)``
+    (a ValueError too, so the guide's callers can catch what they know)."""
+
+
+class UnsupportedEvent(EventFormatError):
+    """A well-formed event this region does not handle (an unknown action or entity type):
+    counted and skipped, as the contract asks of receivers."""
 
 
 class LeadershipError(MemoriaError):

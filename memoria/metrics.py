@@ -14,8 +14,10 @@ class DropReason(StrEnum):
     PRIVACY_OUT = "privacy_out"  # outside this region's range: not published
     PRIVACY_IN = "privacy_in"  # outside this region's range: not stored
     OWN_ORIGIN = "own_origin"
+    NAMESPACE = "namespace"  # a namespace this region does not exchange (sync.namespaces)
     DUPLICATE = "duplicate"
     MALFORMED = "malformed"
+    UNSUPPORTED = "unsupported"  # a valid event this region does not handle (thread.updated)
     STALE = "stale"  # a decrement with an older fencing token
     REJECTED = "rejected"  # the broker refuses its content for good
 
@@ -38,14 +40,22 @@ class RuntimeMetrics:
         )
         self.dropped = Counter(
             "memoria_sync_events_dropped",
-            "Sync events not published or not applied, by reason "
-            "(privacy_out, privacy_in, own_origin, duplicate, malformed, stale)",
+            "Sync events not published or not applied, by reason (privacy_out, privacy_in, "
+            "own_origin, namespace, duplicate, malformed, unsupported, stale, rejected)",
             ["reason"],
             registry=r,
         )
         self.broker_errors = Counter(
             "memoria_sync_publish_failures",
             "Publish attempts that found the broker down",
+            registry=r,
+        )
+        self.refused = Counter(
+            "memoria_sync_publish_refused",
+            "Publish attempts the broker refused for its setup (the events stay queued in the "
+            "outbox until the setting is fixed), by reason (undefined_table, not_a_journal, "
+            "insufficient_privilege, read_only, ...)",
+            ["reason"],
             registry=r,
         )
         self.decrements = Counter(

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -28,7 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .contract import STORE_URL_SCHEMES, SYNC_URL_SCHEMES
 from .errors import SettingsError
@@ -46,6 +46,15 @@ class SyncBackendName(StrEnum):
     POSTGRES = "postgres"
 
 
+#: the channel when ``MEMORIA_SYNC__CHANNEL`` is not set: the guide's name for each backend
+#: (``memoria-sync`` is not a PostgreSQL identifier, hence ``memoria_sync`` there)
+DEFAULT_CHANNELS = {
+    SyncBackendName.MEMORY: "memoria-sync",
+    SyncBackendName.REDIS: "memoria-sync",
+    SyncBackendName.POSTGRES: "memoria_sync",
+}
+
+
 class SyncSettings(BaseModel):
     """The ``sync`` block (env ``MEMORIA_SYNC__<FIELD>``, PATCH key ``sync.<field>``)."""
 
@@ -54,17 +63,31 @@ class SyncSettings(BaseModel):
     enabled: bool = False
     backend: SyncBackendName = SyncBackendName.MEMORY
     connection_url: SecretStr | None = None
-    channel: str = "memoria-sync"
+    # unset: the backend's default (DEFAULT_CHANNELS), which follows a later change of backend
+    channel: str = ""
     table: str | None = None
     privacy_floor: int = PRIVACY_MIN
     privacy_ceiling: int = PRIVACY_MAX
     realtime_replication: bool = True
+    # the namespaces exchanged with peers (both ways); empty: all of them
+    namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     @field_validator("channel")
     @classmethod
     def _channel(cls, value: str) -> str:
+        # only values given are checked: "" here was given (unset is the default, unchecked)
         if not _CHANNEL_RE.match(value):
             raise ValueError("must be 1-63 characters of letters, digits, '_', '.', ':' or '-'")
+        return value
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _namespaces(cls, value: Any) -> Any:
+        # the environment may say MEMORIA_SYNC__NAMESPACES=a,b as well as ["a", "b"]
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [n.strip() for n in value.split(",") if n.strip()]
         return value
 
     @field_validator("connection_url")
@@ -109,11 +132,18 @@ class SyncSettings(BaseModel):
             raise ValueError(f"connection_url is required with backend {self.backend.value}")
         if self.table and self.backend is not SyncBackendName.POSTGRES:
             raise ValueError("table is only used with backend postgres")
+        if not self.channel:
+            # not a field assignment: the channel stays "unset" (model_fields_set), so a later
+            # change of backend through PATCH /settings brings that backend's default
+            self.__dict__["channel"] = DEFAULT_CHANNELS[self.backend]
         return self
 
     @property
     def connection(self) -> str:
         return self.connection_url.get_secret_value() if self.connection_url else ""
+
+    def shares_namespace(self, namespace: str) -> bool:
+        return not self.namespaces or namespace in self.namespaces
 
 
 class DatabaseSettings(BaseModel):
@@ -323,7 +353,8 @@ def apply_updates(current: MemoriaSettings, updates: dict[str, Any]) -> MemoriaS
         for key in updates
         if key not in UPDATABLE_KEYS
     }
-    sync = current.sync.model_dump(mode="json")
+    # fields never set stay unset (the channel then follows the backend)
+    sync = current.sync.model_dump(mode="json", exclude_unset=True)
     sync["connection_url"] = current.sync.connection or None
     top: dict[str, Any] = {}
     for key, value in updates.items():

@@ -17,7 +17,11 @@ from .metrics import RuntimeMetrics
 from .privacy import PrivacyRange
 from .settings import MemoriaSettings
 from .store import DecrementOutcome, Memory, MemoryStore, memory_event
-from .sync.events import Action, EntityType, SyncEvent
+from .sync.events import SCHEDULE_NAMESPACE, Action, EntityType, SyncEvent
+from .sync.payload import deletion_payload
+
+# what an update may change, as the contract's ``changes`` names it
+_CHANGEABLE = ("text", "namespace", "x_coord", "y_coord", "z_coord")
 
 
 def _nothing() -> None:
@@ -48,9 +52,11 @@ class WriteService:
     # -- which events a write queues ---------------------------------------------------------
 
     def _share(self, memory: Memory) -> bool:
-        settings = self._settings()
-        return settings.sync.enabled and PrivacyRange(*settings.privacy_range).allows(
-            memory.y_coord
+        sync = self._settings().sync
+        return (
+            sync.enabled
+            and PrivacyRange(sync.privacy_floor, sync.privacy_ceiling).allows(memory.y_coord)
+            and sync.shares_namespace(memory.namespace)
         )
 
     def _created(self, memory: Memory) -> SyncEvent | None:
@@ -58,33 +64,47 @@ class WriteService:
 
     def _updated(self, before: Memory, after: Memory) -> SyncEvent | None:
         if self._share(after):
-            return memory_event(Action.UPDATE, after, self.region)
+            changes = {
+                name: getattr(after, name)
+                for name in _CHANGEABLE
+                if getattr(after, name) != getattr(before, name)
+            }
+            return memory_event(Action.UPDATE, after, self.region, changes)
         if self._share(before):
             # it left the shareable range: peers must drop their copy; send no content
-            return self._withdrawal(after)
+            return self._withdrawal(before, version=after.version)
         return None
 
     def _deleted(self, before: Memory) -> SyncEvent | None:
-        return self._withdrawal(before, bump=1) if self._share(before) else None
+        return self._withdrawal(before, version=before.version + 1) if self._share(before) else None
 
-    def _withdrawal(self, memory: Memory, bump: int = 0) -> SyncEvent:
+    def _withdrawal(self, before: Memory, *, version: int) -> SyncEvent:
+        """``memory.deleted`` for the copy the peers hold: its namespace and privacy are the
+        ones they know (a reference receiver filters deletions by privacy too), no text."""
         return SyncEvent(
             action=Action.DELETE,
             entity_type=EntityType.MEMORY,
-            namespace=memory.namespace,
-            entity_id=memory.id,
-            payload={"id": memory.id, "version": memory.version + bump},
+            namespace=before.namespace,
+            entity_id=before.id,
+            payload=deletion_payload(
+                memory_id=before.id,
+                namespace=before.namespace,
+                privacy=before.y_coord,
+                version=version,
+            ),
             origin=self.region,
         )
 
     def decrement_event(self, date: str, token: int) -> SyncEvent | None:
+        """The decrement for our peers. Nothing in it can pass for a memory with a reference
+        receiver: not its action, entity type or namespace, and no ``entity_id`` or payload key
+        a receiver that fell back on them would take for a memory id or content."""
         if not self._settings().sync.enabled:
             return None
         return SyncEvent(
             action=Action.DECREMENT,
             entity_type=EntityType.SCHEDULE,
-            namespace="_schedule",
-            entity_id=date,
+            namespace=SCHEDULE_NAMESPACE,
             payload={"date": date, "token": token, "region": self.region},
             origin=self.region,
         )

@@ -92,7 +92,7 @@ def remote_decrement(tx: Tx, event: SyncEvent) -> DecrementOutcome:
         return DecrementOutcome(date, False, "invalid")
     token = event.payload.get("token", 0)
     token = token if isinstance(token, int) else 0
-    return decrement(tx, date, token=token, by=event.origin)
+    return decrement(tx, date, token=token, by=event.origin or "")
 
 
 class Decrements:

@@ -9,7 +9,6 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 
-from ..sync.events import SyncEvent
 from .decrement import decrement_dates, remote_decrement
 from .dialects import Database, Tx
 from .records import (
@@ -64,8 +63,9 @@ class Inbound:
                         dates = decrement_dates(tx)
                     _upsert_remote(tx, _rebase(op.memory, dates), deleted=False)
                     applied += 1
-                elif op.kind == "withdraw" and op.event is not None:
-                    _withdraw(tx, op.event)
+                elif op.kind == "withdraw" and op.memory_id is not None:
+                    origin = op.event.origin if op.event is not None else None
+                    _withdraw(tx, op.memory_id, op.version, origin or "")
                     applied += 1
                 elif op.kind == "decrement" and op.event is not None:
                     outcome = remote_decrement(tx, op.event)
@@ -128,18 +128,17 @@ def _upsert_remote(tx: Tx, m: Memory, *, deleted: bool) -> None:
     )
 
 
-def _withdraw(tx: Tx, event: SyncEvent) -> None:
+def _withdraw(tx: Tx, memory_id: str, version: int | None, origin: str) -> None:
     """Drop our copy (content and all) if we have one; never create a row for it.
 
     Used for deletes at the origin and for updates that left our privacy range: the newer
     version wins, so a late, older update cannot bring the content back.
     """
-    version = event.payload.get("version")
-    newer_than = int(version) if isinstance(version, int) else 1 << 62
+    newer_than = version if version is not None else 1 << 62
     tx.execute(
         "UPDATE memories SET deleted = TRUE, text = '', version = ?, origin = ?, "
         "updated_at = ? WHERE id = ? AND version <= ?",
-        (newer_than, event.origin, utcnow(), event.entity_id, newer_than),
+        (newer_than, origin, utcnow(), memory_id, newer_than),
     )
 
 

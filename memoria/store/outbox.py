@@ -6,16 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..sync.events import EntityType, SyncEvent
+from ..sync.events import Action, SyncEvent
 from .dialects import Database, Tx
 from .records import OutboxRow, utcnow
+
+# events whose content the relay re-checks against the privacy range; a deletion carries none
+_CONTENT = (Action.CREATE, Action.UPDATE)
 
 
 def enqueue(tx: Tx, event: SyncEvent | None) -> None:
     """Queue ``event`` (if any) in ``tx``, so it is sent exactly when the write commits."""
     if event is None:
         return
-    y = event.payload.get("y_coord") if event.entity_type is EntityType.MEMORY else None
+    y = event.payload.get("privacy") if event.action in _CONTENT else None
     tx.execute(
         "INSERT INTO sync_outbox (origin, event_id, body, y_coord, created_at) "
         "VALUES (?, ?, ?, ?, ?)",

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..sync.events import Action, EntityType, SyncEvent
+from ..sync.payload import memory_payload
 
 #: x_as_of of a peer's memory whose event did not carry one
 UNKNOWN_AS_OF = "?"
@@ -74,13 +75,29 @@ def memory_from_row(row: Sequence[Any]) -> Memory:
     )
 
 
-def memory_event(action: Action, memory: Memory, origin: str) -> SyncEvent:
+def memory_event(
+    action: Action, memory: Memory, origin: str, changes: dict[str, Any] | None = None
+) -> SyncEvent:
+    """The ``memory.created``/``memory.updated`` event of a local write, in the contract's
+    structured payload (``changes``: what an update changed)."""
     return SyncEvent(
         action=action,
         entity_type=EntityType.MEMORY,
         namespace=memory.namespace,
         entity_id=memory.id,
-        payload=memory.to_payload(),
+        payload=memory_payload(
+            memory_id=memory.id,
+            namespace=memory.namespace,
+            text=memory.text,
+            x_coord=memory.x_coord,
+            y_coord=memory.y_coord,
+            z_coord=memory.z_coord,
+            created_at=memory.created_at,
+            updated_at=memory.updated_at,
+            version=memory.version,
+            x_as_of=memory.x_as_of,
+            changes=changes,
+        ),
         origin=origin,
     )
 
@@ -118,15 +135,18 @@ InboundKind = Literal["upsert", "withdraw", "decrement", "skip"]
 class InboundOp:
     """One inbound event prepared by the sync coordinator for :meth:`MemoryStore.apply_inbound`.
 
-    ``kind``: ``upsert`` (store the payload's memory), ``withdraw`` (drop our copy: the memory
-    left our privacy range or was deleted at its origin), ``decrement`` (apply the leader's
-    decrement once per date) or ``skip`` (only remember the id: own origin, privacy, malformed).
+    ``kind``: ``upsert`` (store ``memory``), ``withdraw`` (drop our copy of ``memory_id`` up to
+    ``version``: the memory left our privacy range or was deleted at its origin), ``decrement``
+    (apply the leader's decrement once per date) or ``skip`` (only remember the id: own origin,
+    privacy, malformed).
     """
 
     event_id: str
     kind: InboundKind
     event: SyncEvent | None = None
     memory: Memory | None = None
+    memory_id: str | None = None  # withdraw: which memory
+    version: int | None = None  # withdraw: the version that removes it
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,10 @@
 """Sync between regions, the transport side: the SyncEvent contract and the backends.
 
+``events`` is the envelope and ``payload`` the memory payload, both as the guide's reference
+implementation puts them on the wire; ``redis``, ``postgres`` (with ``pg_journal`` and
+``pg_notes``) and ``memory`` are the backends, ``base`` what they share and ``sender`` what makes
+the guide's one-event ``publish()`` fast.
+
 The parts that also touch the store live in their own modules and are imported from there
 (the store imports this package's events, so this package must not import them):
 ``relay`` (the outbox relay), ``applier`` (the inbound applier) and ``link`` (the backend

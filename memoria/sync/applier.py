@@ -1,74 +1,63 @@
 """The inbound applier: what a region does with the batches its subscription hands over.
 
-Each batch is filtered (own origin, privacy range, malformed) and applied in one store
-transaction together with the new journal cursor, so a crash between "applied" and
-"acknowledged" cannot happen. Memories outside this region's range are never stored, and a copy
-held from before is dropped. A batch the store refuses is retried event by event, so one bad
-event cannot hold up the stream.
+Each batch is filtered (own origin, namespace, privacy range, malformed or unsupported) and
+applied in one store transaction together with the new journal cursor, so a crash between
+"applied" and "acknowledged" cannot happen. Memories outside this region's range are never
+stored, and a copy held from before is dropped. A batch the store refuses is retried event by
+event, so one bad event cannot hold up the stream.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import EventFormatError, StoreUnavailable
 from ..metrics import DropReason, RuntimeMetrics
 from ..privacy import PrivacyRange
+from ..settings import SyncSettings
 from ..store import UNKNOWN_AS_OF, DecrementOutcome, InboundOp, InboundResult, Memory, MemoryStore
 from .events import Action, Delivery, EntityType, SyncEvent
+from .payload import memory_id_of, read_memory, version_of
 
 log = logging.getLogger("memoria.sync")
 
 
-def _number(payload: dict[str, Any], name: str, default: float | None) -> float:
-    value = payload.get(name, default)
-    if value is None:
-        raise EventFormatError(f"payload.{name} is missing")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise EventFormatError(f"payload.{name} must be a number")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise EventFormatError(f"payload.{name} must be a finite number")
-    return number
-
-
-def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise EventFormatError(f"{name} must be a string")
-    if "\x00" in value:
-        raise EventFormatError(f"{name} must not contain NUL characters")
-    return value
+def memory_from_event(event: SyncEvent) -> Memory:
+    """The memory an inbound create/update carries (structured or flat payload);
+    EventFormatError if it cannot be read."""
+    facts = read_memory(event)
+    now = event.created_at.isoformat()
+    return Memory(
+        id=facts.memory_id,
+        namespace=event.namespace,
+        text=facts.text,
+        x_coord=facts.x_coord,
+        y_coord=facts.y_coord,
+        z_coord=facts.z_coord,
+        created_at=facts.created_at or now,
+        updated_at=facts.updated_at or now,
+        version=facts.version,
+        origin=event.origin or "",
+        x_as_of=UNKNOWN_AS_OF if facts.x_as_of is None else facts.x_as_of,
+    )
 
 
 def memory_from_payload(payload: dict[str, Any], event: SyncEvent) -> Memory:
-    """The memory an inbound create/update carries; EventFormatError if the payload is off."""
-    version = payload.get("version")
-    if version is None:
-        # a peer speaking the guide's plain contract: order its writes by their time
-        version = int(event.created_at.timestamp() * 1_000_000)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise EventFormatError("payload.version must be a positive integer")
-    as_of = payload.get("x_as_of", UNKNOWN_AS_OF)
-    now = event.created_at.isoformat()
-    return Memory(
-        id=_text(event.entity_id, "entity_id"),
-        namespace=_text(event.namespace, "namespace"),
-        text=_text(payload.get("text"), "payload.text"),
-        x_coord=_number(payload, "x_coord", 0.0),
-        y_coord=_number(payload, "y_coord", None),
-        z_coord=_number(payload, "z_coord", 0.0),
-        created_at=str(payload.get("created_at") or now),
-        updated_at=str(payload.get("updated_at") or now),
-        version=version,
-        origin=event.origin,
-        x_as_of=as_of if isinstance(as_of, str) and len(as_of) <= 10 else UNKNOWN_AS_OF,
-    )
+    """:func:`memory_from_event` for ``event`` carrying ``payload``."""
+    if payload is not event.payload:
+        event = SyncEvent(
+            action=event.action,
+            entity_type=event.entity_type,
+            namespace=event.namespace,
+            entity_id=event.entity_id,
+            payload=payload,
+            origin=event.origin,
+            created_at=event.created_at,
+            event_id=event.event_id,
+        )
+    return memory_from_event(event)
 
 
 class InboundApplier:
@@ -78,25 +67,39 @@ class InboundApplier:
         metrics: RuntimeMetrics,
         *,
         region: str,
-        privacy: Callable[[], PrivacyRange],
+        sync: Callable[[], SyncSettings],
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.region = region
-        self._privacy = privacy  # read per event: PATCH /settings applies live
+        self._sync = sync  # read per event: PATCH /settings applies live
         #: called with each decrement outcome applied from a peer (for logs, metrics, tests)
         self.on_remote_decrement: Callable[[DecrementOutcome], None] | None = None
+
+    def _privacy(self) -> PrivacyRange:
+        sync = self._sync()
+        return PrivacyRange(sync.privacy_floor, sync.privacy_ceiling)
 
     def _skip(self, event: SyncEvent, reason: DropReason) -> InboundOp:
         self.metrics.dropped.labels(reason).inc()
         return InboundOp(event.event_id, "skip")
 
     def classify(self, delivery: Delivery) -> InboundOp | None:
-        """What to do with one delivery; None for a payload too malformed to have an id."""
+        """What to do with one delivery; None for a payload too malformed to have an id.
+
+        Never raises for what an event says: whatever this region cannot or must not apply is
+        counted under its reason and skipped, so one odd event never stops the stream.
+        """
         event = delivery.event
         if event is None:
-            self.metrics.dropped.labels(DropReason.MALFORMED).inc()
-            log.warning("sync: skipping malformed event: %s (%r)", delivery.error, delivery.raw)
+            if delivery.reason == "foreign":
+                return None  # another channel's row in a shared journal: not ours to count
+            if delivery.reason == "unsupported":
+                self.metrics.dropped.labels(DropReason.UNSUPPORTED).inc()
+                log.debug("sync: skipping an event: %s", delivery.error)
+            else:
+                self.metrics.dropped.labels(DropReason.MALFORMED).inc()
+                log.warning("sync: skipping malformed event: %s (%r)", delivery.error, delivery.raw)
             return None
         self.metrics.received.inc()
         if event.origin == self.region:
@@ -105,19 +108,29 @@ class InboundApplier:
             if event.entity_type is not EntityType.SCHEDULE:
                 return self._skip(event, DropReason.MALFORMED)
             return InboundOp(event.event_id, "decrement", event)
-        if event.entity_type is not EntityType.MEMORY:
-            return self._skip(event, DropReason.MALFORMED)
-        if event.action is Action.DELETE:
-            return InboundOp(event.event_id, "withdraw", event)
+        if event.entity_type is not EntityType.MEMORY or event.action is Action.THREAD_UPDATE:
+            return self._skip(event, DropReason.UNSUPPORTED)  # thread.updated: no threads here
+        if not self._sync().shares_namespace(event.namespace):
+            return self._skip(event, DropReason.NAMESPACE)
         try:
-            memory = memory_from_payload(event.payload, event)
+            if event.action is Action.DELETE:
+                return InboundOp(
+                    event.event_id,
+                    "withdraw",
+                    event,
+                    memory_id=memory_id_of(event),
+                    version=version_of(event),
+                )
+            memory = memory_from_event(event)
         except EventFormatError as exc:
             log.warning("sync: skipping event %s: %s", event.event_id, exc)
             return self._skip(event, DropReason.MALFORMED)
         if not self._privacy().allows(memory.y_coord):
             # outside our range: never stored; a copy we hold from before is dropped
             self.metrics.dropped.labels(DropReason.PRIVACY_IN).inc()
-            return InboundOp(event.event_id, "withdraw", event)
+            return InboundOp(
+                event.event_id, "withdraw", event, memory_id=memory.id, version=memory.version
+            )
         return InboundOp(event.event_id, "upsert", event, memory)
 
     def apply(self, batch: list[Delivery], source: str) -> None:

@@ -1,7 +1,8 @@
 """What every sync backend offers, and the reconnecting listener thread they share.
 
 Shape (the guide's): ``Backend(url, channel=...)``, ``.publish(event)``,
-``.subscribe(handler) -> subscription``, ``subscription.close()``, ``.close()``.
+``.subscribe(handler) -> subscription``, ``subscription.close()``, ``.close()``; plus
+``.flush()``, since ``publish()`` queues (see :mod:`.sender`).
 
 Beyond the guide, :meth:`SyncBackend.subscribe_batches` hands over batches of
 :class:`~memoria.sync.events.Delivery` with their journal positions and resumes after a given
@@ -19,8 +20,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..errors import EventFormatError
 from .events import Delivery, SyncEvent
+from .sender import Sender
 
 log = logging.getLogger("memoria.sync")
 
@@ -29,6 +30,7 @@ BatchHandler = Callable[[list[Delivery]], None]
 
 #: resume position meaning "everything the journal still holds"
 BEGINNING = "0"
+_LIVE_KEPT = 10_000  # journal-less events kept for a handler that failed (say the store is down)
 
 
 @dataclass
@@ -53,13 +55,6 @@ class Backoff:
         self.current = self.first
 
 
-def decode(raw: str, position: str | None) -> Delivery:
-    try:
-        return Delivery(SyncEvent.from_json(raw), position)
-    except EventFormatError as exc:
-        return Delivery(None, position, str(exc), raw[:200])
-
-
 class Subscription(threading.Thread):
     """A daemon thread that keeps a subscription alive forever: connect, catch up, stream;
     on any error log once, back off, reconnect, resume after the last handled position.
@@ -75,12 +70,14 @@ class Subscription(threading.Thread):
         self.stats = ListenerStats()
         self.stopping = threading.Event()
         self._outage_logged = False
+        self._live: list[Delivery] = []
 
     # subclasses: one connected session; return when stopping, raise on a broken connection
     @abstractmethod
     def session(self) -> None: ...
 
     def hand_over(self, batch: list[Delivery]) -> None:
+        """Give ``batch`` to the handler; once it returns, resume after its last position."""
         if not batch:
             return
         self.handler(batch)
@@ -88,6 +85,20 @@ class Subscription(threading.Thread):
         last = batch[-1].position
         if last is not None:
             self.position = last
+
+    def hand_over_live(self, batch: list[Delivery]) -> None:
+        """Give the handler events that come from no journal (a reference publisher's PUBLISH
+        or NOTIFY): nothing could send them again, so they are kept here (up to 10,000, the
+        oldest dropped first) until a handler that failed takes them, also across reconnects."""
+        self._live.extend(batch)
+        if len(self._live) > _LIVE_KEPT:
+            log.warning(
+                "%s: dropping %d unapplied live events", self.name, len(self._live) - _LIVE_KEPT
+            )
+            del self._live[:-_LIVE_KEPT]
+        if self._live:
+            self.hand_over(self._live)
+            self._live = []
 
     def connected(self) -> None:
         self.stats.connected = True
@@ -133,13 +144,29 @@ class SyncBackend(ABC):
     """A transport for sync events between regions."""
 
     name: str
+    _sender: Sender | None = None
 
     def publish(self, event: SyncEvent) -> None:
-        """Publish one event; raises :class:`~memoria.errors.BrokerUnavailable` if down."""
-        self.publish_many([event])
+        """Send one event (the guide's call): it is queued and sent with whatever else is
+        queued, in order; :meth:`flush` waits until the broker has it. Raises
+        :class:`~memoria.errors.BrokerUnavailable` while the broker cannot be reached."""
+        if self._sender is None:
+            self._sender = Sender(self.publish_encoded, f"{self.name}-publisher")
+        self._sender.submit((event.event_id, event.to_json()))
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every event given to :meth:`publish` is with the broker."""
+        if self._sender is not None:
+            self._sender.flush(timeout)
+
+    def close_publisher(self) -> None:
+        """Flush what :meth:`publish` queued (briefly) and stop its thread; for ``close()``."""
+        if self._sender is not None:
+            self._sender.close()
 
     def publish_many(self, events: Sequence[SyncEvent]) -> None:
-        """Publish events in order, all or (on BrokerUnavailable) possibly some of them."""
+        """Publish events in order and wait for the broker, all or (on BrokerUnavailable)
+        possibly some of them."""
         self.publish_encoded([(e.event_id, e.to_json()) for e in events])
 
     @abstractmethod
@@ -156,7 +183,8 @@ class SyncBackend(ABC):
         def each(batch: list[Delivery]) -> None:
             for delivery in batch:
                 if delivery.event is None:
-                    log.warning("skipping malformed sync payload: %s", delivery.error)
+                    if delivery.reason != "foreign":
+                        log.warning("skipping a sync payload: %s", delivery.error)
                     continue
                 handler(delivery.event)
 

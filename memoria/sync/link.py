@@ -67,7 +67,7 @@ class SyncLink:
         self._reconnects_before = 0  # listener reconnects of subscriptions already closed
         self.relay = OutboxRelay(store, metrics, region=self.region, outlet=self._lend)
         self.applier = InboundApplier(
-            store, metrics, region=self.region, privacy=lambda: self.privacy
+            store, metrics, region=self.region, sync=lambda: self.settings.sync
         )
         metrics.track_outbox(lambda: float(store.outbox_depth(self.region)))
         metrics.track_reconnects(lambda: float(self.reconnects))
@@ -183,6 +183,11 @@ class SyncLink:
             problems.append(str(exc))
         if sub is not None and not listening:
             problems.append("listener is reconnecting")
+        if self.relay.refused:
+            problems.append(f"broker refuses events: {self.relay.last_error}")
+        rejection = self.relay.recent_rejection
+        if rejection:
+            problems.append(f"the broker refused an event for its content, dropped: {rejection}")
         if problems and listening is False and self.relay.last_error:
             state = SyncState.DOWN
         elif problems:

@@ -10,7 +10,8 @@ import threading
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .base import BEGINNING, BatchHandler, Subscription, SyncBackend, decode
+from .base import BEGINNING, BatchHandler, Subscription, SyncBackend
+from .events import SyncEvent, decode
 
 
 class _Channel:
@@ -56,6 +57,10 @@ class InProcessSyncBackend(SyncBackend):
     @property
     def source_id(self) -> str:
         return f"memory|{self.channel_name}"
+
+    def publish(self, event: SyncEvent) -> None:
+        """At once: a list append needs no batching."""
+        self.publish_encoded([(event.event_id, event.to_json())])
 
     def publish_encoded(self, events: Sequence[tuple[str, str]]) -> None:
         with self.channel.cond:

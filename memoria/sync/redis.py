@@ -1,40 +1,56 @@
-"""Redis backend: pub/sub for the guide's live listeners, a Stream as the replay journal.
+"""Redis backend: the guide's plain PUBLISH on the channel, plus a Stream as the replay journal.
 
-Every event is written twice in one pipeline: ``XADD <channel>:journal`` (capped, approximate
-MAXLEN) and ``PUBLISH <channel>``. Our subscribers read the Stream only, with a blocking
-``XREAD`` from their last position: that is both live (it returns as soon as an entry lands) and
-replayable (after any gap they resume exactly where they stopped), so a broker restart or a
-subscriber that was away loses nothing, which plain pub/sub cannot promise. Reads work on a
-``replicaof`` Redis, the guide's region-B topology; publishing to a read-only replica fails and
-the events wait in the publisher's outbox until that Redis is promoted.
+Every event is written twice, atomically, by one Lua call per batch: ``XADD <channel>:journal``
+(capped, approximate MAXLEN) and ``PUBLISH <channel>``. The published message is the
+reference-shaped event with one extra key in front, ``stream_id`` (its Stream entry): reference
+subscribers read it as the event and ignore that key.
 
-Run Redis with ``appendonly yes`` (as the guide's compose file does): the Stream is only as
-durable as Redis itself.
+Our subscribers SUBSCRIBE to the channel and read the Stream:
+
+* a message with ``stream_id`` is one of ours and is in the Stream: it is only a hint to read
+  the Stream from the last position applied, which is where events and positions come from, so
+  a message forged or replayed on the channel can never move a subscriber's position, and after
+  any gap (a broker restart, a subscriber that was away) the Stream brings back what was missed;
+* any other message is a reference publisher's (no Stream, no event id): it is handed over at
+  once without a position, and its content-derived id makes a repeat harmless. Like the
+  reference's own subscribers, ours miss such messages while disconnected: plain pub/sub keeps
+  nothing.
+
+Reads work on a ``replicaof`` Redis, the guide's region-B topology (PUBLISH and XADD both reach
+the replica); publishing to a read-only replica is refused and the events wait in the
+publisher's outbox until that Redis is promoted. Run Redis with ``appendonly yes`` (as the
+guide's compose file does): the Stream is only as durable as Redis itself.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.client import PubSub
 from redis.retry import Retry
 
-from ..errors import BrokerUnavailable
+from ..errors import BrokerRefused, BrokerUnavailable
 from ..settings import mask_url
-from .base import BEGINNING, BatchHandler, Subscription, SyncBackend, decode
+from .base import BEGINNING, BatchHandler, Subscription, SyncBackend
+from .events import Delivery, decode
 
 # KEYS[1]: the Stream; ARGV[1]: the channel; ARGV[2]: MAXLEN; ARGV[3..]: encoded events
 _PUBLISH_SCRIPT = """
 for i = 3, #ARGV do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i])
-  redis.call('PUBLISH', ARGV[1], ARGV[i])
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i])
+  redis.call('PUBLISH', ARGV[1], '{"stream_id":"' .. id .. '",' .. string.sub(ARGV[i], 2))
 end
 return #ARGV - 2
 """
-_BROKEN = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError)
+#: how our messages on the channel begin (the rest is the event)
+STREAM_MARK = '{"stream_id":"'
+_BROKEN = (redis.ConnectionError, redis.TimeoutError, OSError)
 _FIELD = "event"
+_BATCH = 1000  # Stream entries read, and channel messages taken, at a time
 
 
 def _client(url: str, socket_timeout: float) -> redis.Redis:
@@ -43,10 +59,21 @@ def _client(url: str, socket_timeout: float) -> redis.Redis:
         decode_responses=True,
         socket_timeout=socket_timeout,
         socket_connect_timeout=2,
+        socket_keepalive=True,
         # fail fast: the outbox and the listener loop do the retrying, with backoff
         retry=Retry(NoBackoff(), 0),
         health_check_interval=15,
+        # RESP2: a channel message is a plain reply the connection reads in ~4 us, where
+        # RESP3 push handling and PubSub.get_message cost 30-50 us each, which capped a
+        # subscriber at half the rate of our Stream
+        protocol=2,
     )
+
+
+def _refusal_reason(exc: redis.ResponseError) -> str:
+    """A metric label from Redis's error code (``WRONGTYPE``, ``OOM``, ``NOPERM``, ...)."""
+    code = str(exc).split(" ", 1)[0]
+    return re.sub(r"[^a-z_]", "", code.lower()) or "refused"
 
 
 class _RedisSubscription(Subscription):
@@ -55,26 +82,68 @@ class _RedisSubscription(Subscription):
     ) -> None:
         super().__init__(f"redis-listener[{backend.channel}]", handler, after)
         self.backend = backend
-        self.block_ms = block_ms
+        self.block = block_ms / 1000
         self.client: redis.Redis | None = None
 
     def session(self) -> None:
-        client = _client(self.backend.url, socket_timeout=self.block_ms / 1000 + 5)
+        client = _client(self.backend.url, socket_timeout=self.block + 5)
+        pubsub = client.pubsub()  # type: ignore[no-untyped-call]
         self.client = client
         try:
-            client.ping()
+            pubsub.subscribe(self.backend.channel)
+            # wait for Redis to confirm: once "connected", every PUBLISH reaches us
+            confirm = pubsub.get_message(timeout=5)
+            if not confirm or confirm.get("type") != "subscribe":
+                raise redis.ConnectionError(f"SUBSCRIBE not confirmed: {confirm!r}")
             stream = self.backend.stream
             if self.position is None:  # "from now": pin it to the current end at first connect
                 last: Any = client.xrevrange(stream, count=1)
                 self.position = str(last[0][0]) if last else "0-0"
             self.connected()
+            self.hand_over_live([])  # what a failed handler left
+            backlog = True  # catch up first
             while not self.stopping.is_set():
-                start = "0-0" if self.position in (None, BEGINNING) else str(self.position)
-                reply: Any = client.xread({stream: start}, count=1000, block=self.block_ms)
-                for _name, entries in reply or ():
-                    self.hand_over([decode(fields.get(_FIELD, ""), eid) for eid, fields in entries])
+                direct, heard = self._listen(pubsub, wait=0 if backlog else self.block)
+                self.hand_over_live(direct)
+                if backlog or heard or not direct:
+                    # one Stream batch per turn, so the channel is drained between batches of
+                    # a long catch-up and Redis never has to drop us for a full output buffer
+                    backlog = self._read_stream(client) == _BATCH
         finally:
+            pubsub.close()
             client.close()
+
+    def _listen(self, pubsub: PubSub, wait: float) -> tuple[list[Delivery], bool]:
+        """(reference messages to apply, whether one of ours was heard) from the channel.
+
+        Reads the subscribed connection's replies directly (``[kind, channel, data]``), the
+        cheap way; a message of ours is recognised by its first bytes, never parsed here.
+        """
+        direct: list[Delivery] = []
+        heard = False
+        conn = pubsub.connection
+        if conn is None:
+            raise redis.ConnectionError("the subscription lost its connection")
+        if not conn.can_read(timeout=wait):
+            return direct, heard
+        for _ in range(_BATCH):
+            reply: Any = conn.read_response()
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] == "message":
+                data = reply[2]
+                if data.startswith(STREAM_MARK):
+                    heard = True
+                else:
+                    direct.append(decode(data, None))
+            if not conn.can_read(timeout=0):
+                break
+        return direct, heard
+
+    def _read_stream(self, client: redis.Redis) -> int:
+        start = "0-0" if self.position in (None, BEGINNING) else str(self.position)
+        reply: Any = client.xread({self.backend.stream: start}, count=_BATCH)
+        entries = reply[0][1] if reply else []
+        self.hand_over([decode(fields.get(_FIELD, ""), eid) for eid, fields in entries])
+        return len(entries)
 
 
 class RedisSyncBackend(SyncBackend):
@@ -104,6 +173,7 @@ class RedisSyncBackend(SyncBackend):
     def publish_encoded(self, events: Sequence[tuple[str, str]]) -> None:
         if not events:
             return
+        where = f"redis at {mask_url(self.url)}"
         try:
             # one command per batch: cheaper to pack and parse than 2 commands per event,
             # and the batch lands in the Stream and on the channel atomically
@@ -112,12 +182,24 @@ class RedisSyncBackend(SyncBackend):
                 args=[self.channel, self.journal_max_events, *(raw for _, raw in events)],
             )
         except redis.ReadOnlyError:
-            raise BrokerUnavailable(
-                f"redis at {mask_url(self.url)} is a read-only replica; events stay queued "
-                "until it is promoted or the URL points at a primary"
+            raise BrokerRefused(
+                f"{where} is a read-only replica; events stay queued until it is promoted or "
+                "the URL points at a primary",
+                "read_only",
+            ) from None
+        except redis.exceptions.NoPermissionError as exc:
+            raise BrokerRefused(
+                f"{where} refuses this user ({exc}); grant it XADD and PUBLISH on the channel's "
+                "keys, or use another user; events stay queued until then",
+                "no_permission",
+            ) from None
+        except redis.ResponseError as exc:  # WRONGTYPE (the Stream key is taken), OOM, ...
+            raise BrokerRefused(
+                f"{where} refuses the events: {exc}; they stay queued until that is fixed",
+                _refusal_reason(exc),
             ) from None
         except _BROKEN as exc:
-            raise BrokerUnavailable(f"redis at {mask_url(self.url)}: {exc}") from None
+            raise BrokerUnavailable(f"{where}: {exc}") from None
 
     def subscribe_batches(self, handler: BatchHandler, *, after: str | None = None) -> Subscription:
         sub = _RedisSubscription(self, handler, after, self.block_ms)
@@ -135,6 +217,7 @@ class RedisSyncBackend(SyncBackend):
         return int(self._publisher.xlen(self.stream))
 
     def close(self) -> None:
+        self.close_publisher()
         for sub in self._subs:
             sub.close()
         self._subs.clear()

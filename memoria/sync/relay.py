@@ -3,7 +3,12 @@
 Every local write stores its event in the outbox in the write's own transaction
 (``memoria.writes``); the relay publishes the queue in batches and deletes what the broker
 accepted. A broker outage never blocks or fails a write and never loses its event: the relay
-retries with backoff and drains the queue when the broker is back. Events are filtered by the
+retries with backoff and drains the queue when the broker is back. A broker that is reachable
+but refuses the events for its setup (a table that is not a journal, a missing privilege, a
+read-only replica) is the same to the queue: nothing is dropped, ``/healthz`` names the reason,
+and the queue drains once the setting is fixed (live, through ``PATCH /settings``, or by a
+restart). Only an event refused for its own content is dropped (counted, logged, named in
+``/healthz``), since it would hold up everything behind it for ever. Events are filtered by the
 privacy range once more at relay time, so a range narrowed after the write still holds.
 """
 
@@ -17,7 +22,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from ..errors import BrokerUnavailable, EventRejected
+from ..errors import BrokerRefused, BrokerUnavailable, EventRejected
 from ..metrics import DropReason, RuntimeMetrics
 from ..privacy import PrivacyRange
 from ..store import MemoryStore
@@ -31,6 +36,7 @@ Outlet = Callable[[], AbstractContextManager[tuple[SyncBackend | None, PrivacyRa
 
 _INBOX_RETENTION = dt.timedelta(days=7)
 _PRUNE_EVERY = 3600.0  # seconds
+_REJECTION_SHOWN = 600.0  # seconds /healthz reports a dropped event after the last one
 
 
 class OutboxRelay:
@@ -45,7 +51,9 @@ class OutboxRelay:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._flush_deadline = 0.0
-        self.last_error: str | None = None  # the broker's, while it is unreachable
+        self.last_error: str | None = None  # the broker's, while it is unreachable or refuses
+        self.refused = False  # last_error is a refusal (reachable, but refusing for its setup)
+        self._last_rejection: tuple[float, str] | None = None  # (when, what) of a dropped event
         self._last_prune = -math.inf  # never: prune at the first idle moment
 
     def start(self) -> None:
@@ -101,8 +109,43 @@ class OutboxRelay:
                 sent += 1
             except EventRejected as exc:
                 self.metrics.dropped.labels(DropReason.REJECTED).inc()
+                self._last_rejection = (time.monotonic(), f"event {event_id}: {exc}")
                 log.error("sync: the broker refuses event %s for good (%s); dropped", event_id, exc)
         return sent
+
+    @property
+    def recent_rejection(self) -> str | None:
+        """The last event dropped for its content, if that was within the last 10 minutes."""
+        if self._last_rejection is None:
+            return None
+        when, what = self._last_rejection
+        return what if time.monotonic() - when < _REJECTION_SHOWN else None
+
+    def _failed(self, exc: BrokerUnavailable, stopping: bool) -> None:
+        refused = isinstance(exc, BrokerRefused)
+        if isinstance(exc, BrokerRefused):
+            self.metrics.refused.labels(exc.reason).inc()
+        else:
+            self.metrics.broker_errors.inc()
+        if self.last_error != str(exc):  # logged once per condition, not once per retry
+            if refused:
+                log.error(
+                    "sync: %s (%d events kept in the outbox)",
+                    exc,
+                    self.store.outbox_depth(self.region),
+                )
+            elif self.last_error is None:
+                log.warning(
+                    "sync: broker unavailable (%s); writes are kept in the outbox "
+                    "and relayed when it is back",
+                    exc,
+                )
+        self.last_error, self.refused = str(exc), refused
+        if stopping:
+            log.warning(
+                "sync: stopping with %d events kept in the outbox",
+                self.store.outbox_depth(self.region),
+            )
 
     def _loop(self) -> None:
         backoff = Backoff(0.05, 5.0)
@@ -114,19 +157,8 @@ class OutboxRelay:
             try:
                 sent = self.relay_once()
             except BrokerUnavailable as exc:
-                self.metrics.broker_errors.inc()
-                if self.last_error is None:
-                    log.warning(
-                        "sync: broker unavailable (%s); writes are kept in the outbox "
-                        "and relayed when it is back",
-                        exc,
-                    )
-                self.last_error = str(exc)
+                self._failed(exc, stopping)
                 if stopping:
-                    log.warning(
-                        "sync: stopping with %d events kept in the outbox",
-                        self.store.outbox_depth(self.region),
-                    )
                     return
                 self._wake.wait(backoff.next())
                 continue
@@ -137,8 +169,8 @@ class OutboxRelay:
                 self._wake.wait(backoff.next())
                 continue
             if self.last_error is not None:
-                log.info("sync: broker reachable again; relaying the outbox")
-                self.last_error = None
+                log.info("sync: the broker takes events again; relaying the outbox")
+                self.last_error, self.refused = None, False
             backoff.reset()
             if not sent:
                 if stopping:

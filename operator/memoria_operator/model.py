@@ -34,7 +34,7 @@ class SyncSpec(_Model):
     backend: str
     connection_url: str | None = Field(default=None, alias="connectionUrl")
     connection_secret_ref: SecretKeyRef | None = Field(default=None, alias="connectionSecretRef")
-    channel: str = "memoria-sync"
+    channel: str | None = None  # unset: the runtime's default for the backend
     table: str | None = None
     realtime_replication: bool = Field(default=True, alias="realtimeReplication")
 

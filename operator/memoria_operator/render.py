@@ -79,7 +79,8 @@ def render_env(region: Region) -> list[dict[str, Any]]:
         env.append(_secret("MEMORIA_SYNC__CONNECTION_URL", sync.connection_secret_ref))
     elif sync.connection_url is not None:
         env.append(_plain("MEMORIA_SYNC__CONNECTION_URL", sync.connection_url))
-    env.append(_plain("MEMORIA_SYNC__CHANNEL", sync.channel))
+    if sync.channel:  # unset: the runtime picks the guide's name for the backend
+        env.append(_plain("MEMORIA_SYNC__CHANNEL", sync.channel))
     if sync.table:
         env.append(_plain("MEMORIA_SYNC__TABLE", sync.table))
     env += [

@@ -172,7 +172,7 @@ def test_defaults_are_applied(crd_installed: KubeTarget, namespace: str) -> None
     assert spec["role"] == "standby"
     assert spec["group"] == "default"
     assert spec["privacy"] == {"floor": -15, "ceiling": 15}
-    assert spec["sync"]["channel"] == "memoria-sync"
+    assert "channel" not in spec["sync"]  # the runtime's default for the backend (issue 14)
     assert spec["sync"]["enabled"] is True
     assert spec["sync"]["realtimeReplication"] is True
     assert spec["scheduler"] == {"timeZone": "UTC", "enabled": True}

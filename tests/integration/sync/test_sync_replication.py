@@ -144,7 +144,7 @@ def test_privacy_property_no_leaks(
                 assert (mid in stored) == shared, (mid, y, a_range, b_range)
             published = journal(broker)
             for event in published:
-                y = event["payload"].get("y_coord")  # type: ignore[union-attr]
+                y = event["payload"].get("privacy")  # type: ignore[union-attr]
                 assert a_range[0] <= y <= a_range[1], f"leaked out of region-a: {event}"
             for memory in b.store.list_memories(limit=10_000):
                 assert b_range[0] <= memory.y_coord <= b_range[1], f"stored in b: {memory}"

@@ -143,7 +143,7 @@ def test_from_body_defaults_for_a_minimal_spec() -> None:
     assert s.resources.limits == {"memory": "512Mi"}
     assert s.sync.enabled is True
     assert s.sync.connection_url is None and s.sync.connection_secret_ref is None
-    assert s.sync.channel == "memoria-sync"
+    assert s.sync.channel is None  # the runtime's default for the backend (issue 14)
     assert s.sync.table is None
     assert s.sync.realtime_replication is True
     assert (s.privacy.floor, s.privacy.ceiling) == (-15, 15)
@@ -305,7 +305,6 @@ def _model_default(*path: str) -> Any:
         ("imagePullPolicy",),
         ("replicas",),
         ("sync", "enabled"),
-        ("sync", "channel"),
         ("sync", "realtimeReplication"),
         ("sync", "connectionSecretRef", "key"),
         ("privacy", "floor"),
@@ -489,7 +488,7 @@ def test_env_for_a_plain_redis_spec_exactly() -> None:
         {"name": "MEMORIA_SYNC__ENABLED", "value": "true"},
         {"name": "MEMORIA_SYNC__BACKEND", "value": "redis"},
         {"name": "MEMORIA_SYNC__CONNECTION_URL", "value": "redis://redis-a:6379/0"},
-        {"name": "MEMORIA_SYNC__CHANNEL", "value": "memoria-sync"},
+        # no channel in the spec: no MEMORIA_SYNC__CHANNEL, the runtime's default applies
         {"name": "MEMORIA_SYNC__PRIVACY_FLOOR", "value": "0"},
         {"name": "MEMORIA_SYNC__PRIVACY_CEILING", "value": "10"},
         {"name": "MEMORIA_SYNC__REALTIME_REPLICATION", "value": "true"},
