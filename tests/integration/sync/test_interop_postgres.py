@@ -13,9 +13,9 @@ import pytest
 
 from memoria.settings import SyncSettings
 from memoria.sync.postgres import NOTIFY_LIMIT
-from testbed import PostgresServer
-from tests.integration.regions import Broker, Region, sqlite_url, two_regions, wait_for
-from tests.integration.sync.reference_peer import (
+from testbed import PostgresServer, wait_until
+from testbed.inprocess import Broker, Region, sqlite_url, two_regions
+from testbed.reference_peer import (
     PostgresReferencePeer,
     ReferenceReceiver,
     capture,
@@ -57,10 +57,10 @@ def test_reference_publisher_on_a_shared_table(database: str, tmp_path: Path) ->
     b.start()
     try:
         # B adopts the table in place and replays what the reference journaled before it came
-        wait_for(lambda: _text(b, REF_ID) == "met Ana at the harbour", what="the replayed create")
+        wait_until(lambda: _text(b, REF_ID) == "met Ana at the harbour", what="the replayed create")
         for name in CAPTURES[1:]:
             reference.publish(capture(name))  # INSERT (payload only), then NOTIFY
-        wait_for(lambda: REF_ID not in b.ids(), what="the delete")
+        wait_until(lambda: REF_ID not in b.ids(), what="the delete")
         for name in CAPTURES:
             reference.publish(capture(name))  # all again: each now heard twice (row + NOTIFY)
         with psycopg.connect(database) as conn:
@@ -71,7 +71,7 @@ def test_reference_publisher_on_a_shared_table(database: str, tmp_path: Path) ->
             ).fetchall()
         assert rows is not None and rows[1] == 8  # the reference's INSERTs still fit
         assert dict(columns)["channel"] == "YES" and dict(columns)["event_id"] == "YES"
-        wait_for(lambda: _cursor(b) == str(rows[0]), what="B's position over every row")
+        wait_until(lambda: _cursor(b) == str(rows[0]), what="B's position over every row")
         assert b.ids() == set()  # the create heard again after the delete changes nothing
         assert b.count("memoria_sync_events_applied_total") == 4  # each event once
         assert b.count("memoria_sync_events_dropped_total", reason="duplicate") >= 8
@@ -85,12 +85,12 @@ def test_reference_notify_only_events_are_applied(database: str, tmp_path: Path)
     b = Region("region-b", sqlite_url(tmp_path, "b"), _broker(database).sync(reader=True))
     b.start()
     try:
-        wait_for(lambda: b.sync.health().listener_connected is True, what="listener")
+        wait_until(lambda: b.sync.health().listener_connected is True, what="listener")
         before = _cursor(b)
         reference.publish(capture("memory.created"))
-        wait_for(lambda: REF_ID in b.ids(), what="the NOTIFY-only create")
+        wait_until(lambda: REF_ID in b.ids(), what="the NOTIFY-only create")
         reference.publish(capture("memory.updated"))
-        wait_for(lambda: "Luis" in (_text(b, REF_ID) or ""), what="the NOTIFY-only update")
+        wait_until(lambda: "Luis" in (_text(b, REF_ID) or ""), what="the NOTIFY-only update")
         assert _cursor(b) == before  # a NOTIFY is not a journal position
     finally:
         b.stop()
@@ -107,16 +107,16 @@ def test_our_writes_reach_a_reference_receiver(database: str, tmp_path: Path) ->
         with two_regions(_broker(database), tmp_path, a_range=(0, 15), b_range=(0, 15)) as (a, b):
             mid = a.write("met Ana", y=4)
             private = a.write("my diagnosis", y=-12)
-            wait_for(lambda: receiver.text(mid) == "met Ana", what="the create")
+            wait_until(lambda: receiver.text(mid) == "met Ana", what="the create")
             a.writes.update_memory(mid, {"text": "met Ana and Luis"})
-            wait_for(lambda: receiver.text(mid) == "met Ana and Luis", what="the update")
+            wait_until(lambda: receiver.text(mid) == "met Ana and Luis", what="the update")
             big = a.write("é" * 6000, y=1)  # 12 kB of text: too large for one NOTIFY
-            wait_for(lambda: big in b.ids(), what="the big memory at our region")
+            wait_until(lambda: big in b.ids(), what="the big memory at our region")
             assert _text(b, big) == "é" * 6000  # ours read it whole from the journal
             a.writes.delete_memory(mid)
-            wait_for(lambda: mid not in receiver.rows, what="the delete")
+            wait_until(lambda: mid not in receiver.rows, what="the delete")
             a.writes.delete_memory(big)
-            wait_for(lambda: ("memory.deleted", big) in receiver.applied, what="big's delete")
+            wait_until(lambda: ("memory.deleted", big) in receiver.applied, what="big's delete")
             assert private not in receiver.rows and private not in receiver.cache
             assert big not in receiver.rows  # a stub: no content for a reference receiver
             assert receiver.applied == [
@@ -151,7 +151,7 @@ def test_guide_checklist_1_region_b_receives_the_notification(
     b.start()
     try:
         mid = a.write("heartbeat from region A", y=3)
-        wait_for(lambda: mid in b.ids(), what="the write at region B")
+        wait_until(lambda: mid in b.ids(), what="the write at region B")
         notes = [json.loads(n.payload) for n in listener.notifies(timeout=2, stop_after=1)]
         (note,) = notes
         assert note["action"] == "memory.created" and note["entity_id"] == mid
@@ -181,7 +181,7 @@ def _unset_channel(broker: Broker, *, reader: bool) -> SyncSettings:
 def test_a_forged_notify_cannot_move_the_cursor(database: str, tmp_path: Path) -> None:
     with two_regions(_broker(database), tmp_path) as (a, b):
         first = a.write("first", y=0)
-        wait_for(lambda: first in b.ids(), what="the first write")
+        wait_until(lambda: first in b.ids(), what="the first write")
         with psycopg.connect(database, autocommit=True) as conn:
             conn.execute("SELECT pg_notify('memoria_sync', %s)", ('{"journal_id": 999999999}',))
             conn.execute(
@@ -189,7 +189,7 @@ def test_a_forged_notify_cannot_move_the_cursor(database: str, tmp_path: Path) -
                 ('{"journal_id": 999999999, "truncated": true, "action": "memory.created"}',),
             )
         second = a.write("second", y=0)
-        wait_for(lambda: second in b.ids(), what="the write after the forgeries")
+        wait_until(lambda: second in b.ids(), what="the write after the forgeries")
         position = _cursor(b)
         assert position is not None and int(position) < 1000
 
@@ -210,31 +210,31 @@ def test_mixed_fleet_both_ways_across_a_broker_restart(
     reference = PostgresReferencePeer(url, "memoria_sync", TABLE, receiver)
     reference.listen()
     with two_regions(_broker(url), tmp_path, a_range=(0, 15), b_range=(0, 15)) as (a, b):
-        wait_for(lambda: b.sync.health().listener_connected is True, what="listener")
+        wait_until(lambda: b.sync.health().listener_connected is True, what="listener")
         before = a.write("before the restart", y=2)
         reference.publish(capture("memory.created"))
         for region in (a, b):
-            wait_for(lambda r=region: {before, REF_ID} <= r.ids(), what=region.name)
-        wait_for(lambda: receiver.text(before) == "before the restart", what="ref receiver")
+            wait_until(lambda r=region: {before, REF_ID} <= r.ids(), what=region.name)
+        wait_until(lambda: receiver.text(before) == "before the restart", what="ref receiver")
 
         restartable.stop()
         during = a.write("while PostgreSQL is down", y=3)  # kept in region A's outbox
         reference.close()  # the reference's listener and publisher do not survive it
         restartable.start()
 
-        wait_for(lambda: during in b.ids(), timeout=40, what="the queued write at B")
+        wait_until(lambda: during in b.ids(), timeout=40, what="the queued write at B")
         receiver_after = ReferenceReceiver(floor=0)
         reference = PostgresReferencePeer(url, "memoria_sync", TABLE, receiver_after)
         reference.listen()
         after = a.write("after the restart", y=4)
         reference.publish(capture("memory.updated"))
-        wait_for(lambda: receiver_after.text(after) == "after the restart", what="ref receiver")
+        wait_until(lambda: receiver_after.text(after) == "after the restart", what="ref receiver")
         for region in (a, b):
-            wait_for(
+            wait_until(
                 lambda r=region: _text(r, REF_ID) == "met Ana and Luis at the harbour",
                 what=f"the reference's update at {region.name}",
             )
-        wait_for(lambda: after in b.ids(), what="the write after the restart at B")
+        wait_until(lambda: after in b.ids(), what="the write after the restart at B")
         assert {before, during, after, REF_ID} <= b.ids()
         assert b.total("memoria_sync_events_applied_total") == 5  # each event once
         assert len(set(receiver.applied)) == len(receiver.applied)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from testbed import RedisServer
-from tests.integration.regions import Broker, Region, sqlite_url, two_regions, wait_for
-from tests.integration.sync.reference_peer import (
+from testbed import RedisServer, wait_until
+from testbed.inprocess import Broker, Region, sqlite_url, two_regions
+from testbed.reference_peer import (
     RedisReferencePeer,
     ReferenceReceiver,
     capture,
@@ -43,19 +43,19 @@ def test_reference_events_reach_our_region_once(
     broker, reference = peer
     b = Region("region-b", sqlite_url(tmp_path, "b"), broker.sync(reader=True, floor=0)).start()
     try:
-        wait_for(lambda: b.sync.health().listener_connected is True, what="listener")
+        wait_until(lambda: b.sync.health().listener_connected is True, what="listener")
         reference.publish(capture("memory.created"))
-        wait_for(lambda: _memory_text(b, REF_ID) == "met Ana at the harbour", what="created")
+        wait_until(lambda: _memory_text(b, REF_ID) == "met Ana at the harbour", what="created")
         reference.publish(capture("memory.created.private-y-12"))  # y=-12, floor 0: kept out
         reference.publish(capture("memory.updated"))
-        wait_for(lambda: _memory_text(b, REF_ID) == "met Ana and Luis at the harbour", what="upd")
+        wait_until(lambda: _memory_text(b, REF_ID) == "met Ana and Luis at the harbour", what="upd")
         reference.publish(capture("memory.deleted"))
-        wait_for(lambda: REF_ID not in b.ids(), what="deleted")
+        wait_until(lambda: REF_ID not in b.ids(), what="deleted")
         # every message again, as a reference publisher retrying would: nothing changes, and
         # the create heard after the delete does not bring the memory back
         for name in CAPTURES:
             reference.publish(capture(name))
-        wait_for(lambda: b.count("memoria_sync_events_dropped_total", reason="duplicate") == 4)
+        wait_until(lambda: b.count("memoria_sync_events_dropped_total", reason="duplicate") == 4)
         assert b.ids() == set()
         assert PRIVATE_ID not in b.ids()
         assert b.count("memoria_sync_events_dropped_total", reason="privacy_in") >= 1
@@ -78,11 +78,11 @@ def test_our_writes_reach_a_reference_receiver(
         writes = a.writes
         mid = writes.create_memory(text="met Ana", y_coord=4.0).id
         private = writes.create_memory(text="my diagnosis", y_coord=-12.0).id
-        wait_for(lambda: receiver.text(mid) == "met Ana", what="the create at the reference")
+        wait_until(lambda: receiver.text(mid) == "met Ana", what="the create at the reference")
         writes.update_memory(mid, {"text": "met Ana and Luis"})
-        wait_for(lambda: receiver.text(mid) == "met Ana and Luis", what="the update")
+        wait_until(lambda: receiver.text(mid) == "met Ana and Luis", what="the update")
         writes.delete_memory(mid)
-        wait_for(lambda: mid not in receiver.rows, what="the delete")
+        wait_until(lambda: mid not in receiver.rows, what="the delete")
         assert private not in receiver.rows and private not in receiver.cache
         assert receiver.applied == [
             ("memory.created", mid),
@@ -102,35 +102,35 @@ def test_mixed_fleet_both_ways_across_a_broker_restart(tmp_path: Path) -> None:
     reference.listen()
     try:
         with two_regions(broker, tmp_path, a_range=(0, 15), b_range=(0, 15)) as (a, b):
-            wait_for(lambda: b.sync.health().listener_connected is True, what="listener")
+            wait_until(lambda: b.sync.health().listener_connected is True, what="listener")
             before = a.write("before the restart", y=2)
             reference.publish(capture("memory.created"))
             for region in (a, b):
-                wait_for(lambda r=region: {before, REF_ID} <= r.ids(), what=f"{region.name}")
-            wait_for(lambda: receiver.text(before) == "before the restart", what="ref receiver")
+                wait_until(lambda r=region: {before, REF_ID} <= r.ids(), what=f"{region.name}")
+            wait_until(lambda: receiver.text(before) == "before the restart", what="ref receiver")
 
             server.stop()
             during = a.write("while Redis is down", y=3)  # kept in region A's outbox
             reference.close()  # the reference's listener does not survive a restart
             server.start()
 
-            wait_for(lambda: during in b.ids(), timeout=30, what="the queued write at B")
+            wait_until(lambda: during in b.ids(), timeout=30, what="the queued write at B")
             receiver_after = ReferenceReceiver(floor=0)  # a restarted reference process
             reference = RedisReferencePeer(server.url, broker.channel, receiver_after)
             reference.listen()
-            wait_for(
+            wait_until(
                 lambda: redis.Redis.from_url(server.url).pubsub_numsub(broker.channel)[0][1] >= 3,
                 what="A, B and the reference to listen again",
             )
             after = a.write("after the restart", y=4)
             reference.publish(capture("memory.updated"))
-            wait_for(lambda: receiver_after.text(after) == "after the restart", what="ref")
+            wait_until(lambda: receiver_after.text(after) == "after the restart", what="ref")
             for region in (a, b):
-                wait_for(
+                wait_until(
                     lambda r=region: _memory_text(r, REF_ID) == "met Ana and Luis at the harbour",
                     what=f"the reference's update at {region.name}",
                 )
-            wait_for(lambda: after in b.ids(), what="after at B")
+            wait_until(lambda: after in b.ids(), what="after at B")
             assert {before, during, after, REF_ID} <= b.ids()
             # nothing twice: B applied A's three writes and the reference's two events once
             assert b.total("memoria_sync_events_applied_total") == 5
@@ -146,12 +146,12 @@ def test_a_forged_stream_id_on_the_channel_moves_nothing(
 ) -> None:
     broker = Broker("redis", redis_server.url, redis_server.url)
     with two_regions(broker, tmp_path) as (a, b):
-        wait_for(lambda: b.sync.health().listener_connected is True, what="listener")
+        wait_until(lambda: b.sync.health().listener_connected is True, what="listener")
         forged = json.loads(capture("memory.created"))
         client = redis.Redis.from_url(redis_server.url)
         client.publish(broker.channel, '{"stream_id":"99999999999999-0",' + json.dumps(forged)[1:])
         mid = a.write("after the forgery", y=1)
-        wait_for(lambda: mid in b.ids(), what="the write after the forgery")
+        wait_until(lambda: mid in b.ids(), what="the write after the forgery")
         assert REF_ID not in b.ids()  # a stream_id marks ours: read from the Stream, not applied
         assert b.sync.subscription is not None
         assert b.sync.subscription.position is not None
@@ -167,13 +167,13 @@ def test_a_read_only_replica_keeps_events_queued_until_fixed(
     broker = Broker("redis", replica.url, redis_server.url)  # A publishes to the replica
     with two_regions(broker, tmp_path) as (a, b):
         mid = a.write("waits for a writable Redis", y=0)
-        wait_for(lambda: a.sync.relay.refused, what="the refusal")
+        wait_until(lambda: a.sync.relay.refused, what="the refusal")
         health = a.runtime.health()
         assert health["status"] == "degraded"
         assert "read-only replica" in health["sync"]["detail"], health
         assert a.store.outbox_depth("region-a") == 1
         assert a.count("memoria_sync_publish_refused_total", reason="read_only") >= 1
         a.runtime.update_settings({"sync.connection_url": redis_server.url})  # fixed live
-        wait_for(lambda: mid in b.ids(), what="the queued write, once fixed")
+        wait_until(lambda: mid in b.ids(), what="the queued write, once fixed")
         assert a.store.outbox_depth("region-a") == 0
-        wait_for(lambda: a.runtime.health()["sync"]["state"] == "ok", what="healthy again")
+        wait_until(lambda: a.runtime.health()["sync"]["state"] == "ok", what="healthy again")

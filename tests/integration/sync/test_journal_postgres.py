@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 
 from memoria.api import create_app
 from memoria.settings import DatabaseSettings, MemoriaSettings
-from testbed import PostgresServer
-from tests.integration.regions import Broker, Region, sqlite_url, wait_for
-from tests.integration.sync.reference_peer import PostgresReferencePeer, capture
+from testbed import PostgresServer, wait_until
+from testbed.inprocess import Broker, Region, sqlite_url
+from testbed.reference_peer import PostgresReferencePeer, capture
 
 pytestmark = pytest.mark.integration
 
@@ -76,9 +76,9 @@ def test_the_earlier_layout_is_migrated_in_place_and_still_replays(
     reference = PostgresReferencePeer(database, "memoria_sync", TABLE)
     try:
         old = {f"old-memory-{i}" for i in range(5)}
-        wait_for(lambda: old <= b.ids(), what="the old rows replayed after the upgrade")
+        wait_until(lambda: old <= b.ids(), what="the old rows replayed after the upgrade")
         reference.publish(capture("memory.created"))  # a reference INSERT fits now
-        wait_for(lambda: REF_ID in b.ids(), what="the reference's event")
+        wait_until(lambda: REF_ID in b.ids(), what="the reference's event")
         with psycopg.connect(database) as conn:
             rows = conn.execute(f"SELECT event_id, channel FROM {TABLE} ORDER BY id").fetchall()
         assert rows[:5] == [(f"old{i}", "memoria_sync") for i in range(5)]  # nothing lost
@@ -119,7 +119,7 @@ def test_a_table_that_is_no_journal_keeps_writes_queued_until_patched(
             def refused() -> bool:
                 return "not a sync journal" in a.get("/healthz").json()["sync"]["detail"]
 
-            wait_for(refused, what="the refusal in /healthz")
+            wait_until(refused, what="the refusal in /healthz")
             health = a.get("/healthz").json()
             assert health["status"] == "degraded" and health["sync"]["outbox_depth"] == 1
             assert "public.audit" in health["sync"]["detail"]
@@ -135,8 +135,8 @@ def test_a_table_that_is_no_journal_keeps_writes_queued_until_patched(
 
             fixed = a.patch("/settings", json={"sync.table": TABLE})  # the operator's fix
             assert fixed.status_code == 200, fixed.text
-            wait_for(lambda: mid in b.ids(), what="the queued write, once the setting is fixed")
-            wait_for(lambda: a.get("/healthz").json()["status"] == "ok", what="healthy again")
+            wait_until(lambda: mid in b.ids(), what="the queued write, once the setting is fixed")
+            wait_until(lambda: a.get("/healthz").json()["status"] == "ok", what="healthy again")
             assert a.get("/healthz").json()["sync"]["outbox_depth"] == 0
     finally:
         b.stop()
@@ -163,14 +163,14 @@ def test_a_missing_privilege_keeps_writes_queued_until_granted(
     b.start()
     try:
         mid = a.write("waits for a privilege", y=0)
-        wait_for(lambda: a.sync.relay.refused, what="the refusal")
+        wait_until(lambda: a.sync.relay.refused, what="the refusal")
         assert "permission denied" in a.sync.health().detail
         assert a.count("memoria_sync_publish_refused_total", reason="insufficient_privilege") >= 1
         assert a.store.outbox_depth("region-a") == 1
         with psycopg.connect(database, autocommit=True) as conn:  # the DBA's fix, no restart
             conn.execute(f"GRANT INSERT ON {TABLE} TO {role}")
             conn.execute(f"GRANT USAGE ON SEQUENCE infra.memoria_sync_events_id_seq TO {role}")
-        wait_for(lambda: mid in b.ids(), timeout=30, what="the queued write, once granted")
+        wait_until(lambda: mid in b.ids(), timeout=30, what="the queued write, once granted")
         assert a.store.outbox_depth("region-a") == 0
     finally:
         a.stop()

@@ -18,7 +18,7 @@ from memoria.sync.events import Action, SyncEvent
 from memoria.sync.payload import memory_id_of, privacy_of, read_memory
 from memoria.sync.pg_notes import CHUNK_MARK, STUB_MARK, Chunks, notes_for
 from memoria.writes import WriteService
-from tests.integration.sync.reference_peer import ReferenceReceiver, capture
+from testbed.reference_peer import ReferenceReceiver, capture
 
 CREATED = "3f6c1a52-8d0e-4f7b-9a61-2b5d7c0e9a14"
 

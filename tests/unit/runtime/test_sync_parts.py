@@ -17,7 +17,7 @@ from memoria.sync.applier import InboundApplier
 from memoria.sync.events import SyncEvent, decode
 from memoria.sync.pg_journal import classify
 from memoria.sync.sender import Sender
-from tests.integration.sync.reference_peer import capture
+from testbed.reference_peer import capture
 
 
 class FlakyBroker:

@@ -6,7 +6,7 @@
   action other than ``memory.deleted`` upserts (the document says "otherwise"), and it has no
   deduplication, so an event applied twice is visible in :attr:`applied`.
 * :func:`capture` returns a message captured from the reference implementation, verbatim
-  (copies of ``shared/reference/upstream-wire/`` live next to this file).
+  (copies of ``shared/reference/upstream-wire/``, the guide's test vectors, live next to this file).
 * :class:`RedisReferencePeer` and :class:`PostgresReferencePeer` put captures on the wire the way
   the reference publisher does (plain PUBLISH; INSERT of the payload, then NOTIFY with the whole
   event) and listen the way its subscribers do (SUBSCRIBE; LISTEN), with no replay.
@@ -73,9 +73,12 @@ class ReferenceReceiver:
             return
         payload = data.get("payload")
         payload = payload if isinstance(payload, dict) else {}
+        snapshot: dict[str, Any]
+        replica: dict[str, Any]
         if any(k in payload for k in ("snapshot", "replica", "changes", "privacy")):
-            snapshot = payload.get("snapshot") if isinstance(payload.get("snapshot"), dict) else {}
-            replica = payload.get("replica") if isinstance(payload.get("replica"), dict) else {}
+            raw_snapshot, raw_replica = payload.get("snapshot"), payload.get("replica")
+            snapshot = raw_snapshot if isinstance(raw_snapshot, dict) else {}
+            replica = raw_replica if isinstance(raw_replica, dict) else {}
         else:
             snapshot, replica = payload, {}
         record = replica.get("record") if isinstance(replica.get("record"), dict) else None
@@ -122,7 +125,7 @@ class RedisReferencePeer:
 
     def listen(self) -> None:
         assert self.receiver is not None
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         pubsub.subscribe(self.channel)
         receiver = self.receiver
 
