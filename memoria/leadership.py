@@ -243,18 +243,33 @@ def request_promotion(settings: LeadershipSettings) -> str:
             "this region does not know its MemoriaRegion: set MEMORIA_LEADERSHIP__IDENTITY "
             "to <namespace>/<name> (the operator does this for the pods it runs)"
         )
-    from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
     namespace, name = settings.identity.split("/", 1)
-    api = client.CoreV1Api(load_kube_config(settings.kubeconfig))
+    api_client = load_kube_config(settings.kubeconfig)
     # seconds since the epoch, like `date +%s` in the documented kubectl command: the operator
     # treats the numerically largest pending request as the newest
     value = f"{time.time():.6f}"
-    body = {"data": {PROMOTION_REQUEST_KEY: value}}
     configmap = promotion_request_name(name)
     try:
-        api.patch_namespaced_config_map(configmap, namespace, body)
+        # one merge patch through the bare ApiClient: the generated CoreV1Api module takes
+        # seconds to import on a busy machine, longer than a client waits for this answer
+        method, url, headers, payload, _ = api_client.param_serialize(
+            method="PATCH",
+            resource_path=f"/api/v1/namespaces/{namespace}/configmaps/{configmap}",
+            header_params={
+                "Content-Type": "application/merge-patch+json",
+                "Accept": "application/json",
+            },
+            body={"data": {PROMOTION_REQUEST_KEY: value}},
+            auth_settings=["BearerToken"],
+        )
+        resp = api_client.call_api(
+            method, url, header_params=headers, body=payload, _request_timeout=10
+        )
+        resp.read()
+        if not 200 <= resp.status <= 299:
+            raise ApiException(http_resp=resp)
     except ApiException as exc:
         reason = {
             403: "forbidden (check the region's RBAC)",
