@@ -17,10 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from testbed import LocalControlPlane, ensure_binaries
-from testbed.cluster import install_crd, start_operator
-from testbed.kube import KubeTarget
-from testbed.paths import CRD
+from testbed.cluster import operator_on_local_plane
 from testbed.regions import region_bed
 
 TIMINGS = {
@@ -55,19 +52,9 @@ def main() -> None:
     parser.add_argument("--drills", type=int, default=10)
     parser.add_argument("--bound", type=int, default=5)
     args = parser.parse_args()
-    binaries = ensure_binaries(("etcd", "kubernetes"))
-    plane = LocalControlPlane(binaries)
-    plane.start()
-    kube = KubeTarget(plane.kubeconfig, binaries.kubectl, "local", plane)
     tmp = Path(tempfile.mkdtemp(prefix="memoria-leaderbench-"))
-    operator = None
-    try:
-        install_crd(kube, CRD)
+    with operator_on_local_plane(TIMINGS, "--no-leader-election") as (_, kube, _operator):
         ns = kube.create_namespace("bench")
-        env = TIMINGS
-        operator = start_operator(
-            plane.kubeconfig, plane.workdir / "operator.log", env, "--no-leader-election"
-        )
         with region_bed(kube, ns, tmp, bound=args.bound) as bed:
             bed.bring_up()
             leader, standby = "region-a", "region-b"
@@ -110,10 +97,6 @@ def main() -> None:
             "reference: client-go leader election defaults to a 15 s lease (a crashed holder "
             "is replaced after up to 15 s, plus the retry period), with no fencing"
         )
-    finally:
-        if operator is not None:
-            operator.stop()
-        plane.stop()
 
 
 if __name__ == "__main__":

@@ -20,10 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from testbed import LocalControlPlane, ensure_binaries
-from testbed.cluster import install_crd, start_operator
-from testbed.kube import KubeTarget
-from testbed.paths import CRD
+from testbed.cluster import operator_on_local_plane
 from testbed.regions import region_manifest
 
 
@@ -69,17 +66,8 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=50)
     parser.add_argument("--burst", type=int, default=100)
     args = parser.parse_args()
-    binaries = ensure_binaries(("etcd", "kubernetes"))
-    plane = LocalControlPlane(binaries)
-    plane.start()
-    kube = KubeTarget(plane.kubeconfig, binaries.kubectl, "local", plane)
-    operator = None
-    try:
-        install_crd(kube, CRD)
-        env = {"MEMORIA_OPERATOR_METRICS_PORT": "0", "MEMORIA_OPERATOR_RESYNC_SECONDS": "60"}
-        operator = start_operator(
-            plane.kubeconfig, plane.workdir / "operator.log", env, "--no-leader-election"
-        )
+    env = {"MEMORIA_OPERATOR_METRICS_PORT": "0", "MEMORIA_OPERATOR_RESYNC_SECONDS": "60"}
+    with operator_on_local_plane(env, "--no-leader-election") as (plane, kube, operator):
         assert operator.pid is not None
         time.sleep(3)  # let kopf list and start its watches
 
@@ -129,10 +117,6 @@ def main() -> None:
             f"{args.burst} MemoriaRegions in one apply: all reconciled in {elapsed:.1f}s "
             f"({len(done)}/{args.burst}); operator peak RSS {peak_rss_mib(operator.pid):.0f} MiB"
         )
-    finally:
-        if operator is not None:
-            operator.stop()
-        plane.stop()
 
 
 if __name__ == "__main__":

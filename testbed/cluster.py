@@ -9,11 +9,16 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .kube import KubeTarget
 from .processes import ManagedProcess
+
+if TYPE_CHECKING:
+    from .controlplane import LocalControlPlane
 
 
 def start_operator(
@@ -129,3 +134,29 @@ def parse_table(out: str) -> list[dict[str, str]]:
         {n: line[s:e].strip() for n, s, e in zip(names, starts, ends, strict=True)}
         for line in lines[1:]
     ]
+
+
+@contextmanager
+def operator_on_local_plane(
+    env: dict[str, str], *args: str
+) -> Iterator[tuple[LocalControlPlane, KubeTarget, ManagedProcess]]:
+    """A local control plane with the CRD installed and the operator running as its own process
+    (``memoria-operator run <args>``, settings ``env``); everything stopped on exit. What the
+    benchmarks start before they measure."""
+    from .binaries import ensure_binaries
+    from .controlplane import LocalControlPlane
+    from .paths import CRD
+
+    binaries = ensure_binaries(("etcd", "kubernetes"))
+    plane = LocalControlPlane(binaries)
+    plane.start()
+    kube = KubeTarget(plane.kubeconfig, binaries.kubectl, "local", plane)
+    operator: ManagedProcess | None = None
+    try:
+        install_crd(kube, CRD)
+        operator = start_operator(plane.kubeconfig, plane.workdir / "operator.log", env, *args)
+        yield plane, kube, operator
+    finally:
+        if operator is not None:
+            operator.stop()
+        plane.stop()
