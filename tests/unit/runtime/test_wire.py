@@ -166,3 +166,18 @@ def test_oversize_events_without_a_table_are_a_stub_and_chunks() -> None:
     joiner = Chunks()
     joined = [j for j in map(joiner.add, chunks) if j is not None]
     assert [orjson.loads(j) for j in joined] == [orjson.loads(raw)]
+
+
+def test_namespaces_not_exchanged_stay_home(tmp_path: Path) -> None:
+    settings = MemoriaSettings(
+        region="region-a",
+        sync=SyncSettings(enabled=True, namespaces=["default"]),
+        database=DatabaseSettings(connection_string=SecretStr(f"sqlite:///{tmp_path}/n.db")),
+    )
+    store = MemoryStore(settings.database.connection_string.get_secret_value())
+    writes = WriteService(store, lambda: settings, RuntimeMetrics())
+    writes.create_memory(text="shared", y_coord=0.0)
+    writes.create_memory(text="kept", y_coord=0.0, namespace="team-x")
+    bodies = [json.loads(r.body) for r in store.outbox_batch("region-a")]
+    assert [b["payload"]["snapshot"]["text"] for b in bodies] == ["shared"]
+    store.close()
