@@ -284,18 +284,21 @@ def main() -> int:
         group_url = f"http://{cluster_ip(kube, ns, GROUP_ENDPOINT)}:8080"
         rounds: list[Round] = []
         kinds = [k for k in args.kinds.split(",") if k]
-        for i in range(args.rounds):
-            for kind in kinds:
-                r = one_round(bed, kind, group_url)
-                rounds.append(r)
-                print(
-                    f"round {i + 1} {kind:10s} {r.seconds:5.2f}s  window {r.window:5.2f}s"
-                    f"  2xx {r.acked:4d}  failed {r.failed:3d}  lost(survivor) {r.lost_survivor}"
-                    f"  lost(both) {r.lost_everywhere}",
-                    flush=True,
-                )
+        try:
+            for i in range(args.rounds):
+                for kind in kinds:
+                    r = one_round(bed, kind, group_url)
+                    rounds.append(r)
+                    print(
+                        f"round {i + 1} {kind:10s} {r.seconds:5.2f}s  window {r.window:5.2f}s"
+                        f"  2xx {r.acked:4d}  failed {r.failed:3d}"
+                        f"  lost(survivor) {r.lost_survivor}  lost(both) {r.lost_everywhere}",
+                        flush=True,
+                    )
+        except KeyboardInterrupt:
+            print("interrupted: the figures cover the rounds completed", flush=True)
         print(
-            f"\nnode failover bench, {args.rounds} round(s), bound {args.bound}s, operator"
+            f"\nnode failover bench, {len(rounds)} drill(s), bound {args.bound}s, operator"
             " Lease 4 s / renew 1 s / tick 0.5 s"
         )
         for kind in kinds:
