@@ -150,7 +150,10 @@ class Bed:
         url = self.region_url(region)
         gone = []
         for memory_id in ids:
-            status, _ = http("GET", f"{url}/memories/{memory_id}", timeout=3)
+            # a connection reset right after a fault is not an answer: ask again
+            status, _ = eventually(
+                lambda m=memory_id: http("GET", f"{url}/memories/{m}", timeout=3), 30, "a read"
+            )
             if status != 200:
                 gone.append(memory_id)
         return gone
