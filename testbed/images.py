@@ -527,6 +527,53 @@ def _prune(docker: DockerDaemon, keep: set[str]) -> None:
             tar.with_suffix(".json").unlink(missing_ok=True)
 
 
+REDIS_DOCKERFILE = REPO / "docker" / "redis" / "Dockerfile"
+
+
+def redis_image() -> ImageArchive:
+    """Debian's redis-server on the debootstrap base (``docker/redis/Dockerfile``), as a cached
+    archive: the guide's Redis primary and replica run as pods from it."""
+    base_ref = _stand_in_ref()[0]
+    key = _sha256(_RECIPE, base_ref, REDIS_DOCKERFILE.read_bytes())[:12]
+    ref = f"{LOCAL}/redis:{key}"
+    out = IMAGE_CACHE / f"redis-{key}.tar"
+    cached = _cached(out)
+    if cached:
+        return cached
+    with _cache_lock():
+        cached = _cached(out)
+        if cached:
+            return cached
+        start = time.monotonic()
+        _log(f"building {ref} from {REDIS_DOCKERFILE.relative_to(REPO)} (first use only)")
+        with DockerDaemon() as docker:
+            if not docker.has_image(base_ref):
+                docker.docker("import", "--change", 'CMD ["bash"]', debian_base_rootfs(), base_ref)
+            docker.docker(
+                "build", "--network=host", "--build-arg", f"DEBIAN_BASE={base_ref}",
+                "-t", ref, REDIS_DOCKERFILE.parent,
+            )  # fmt: skip
+            size = int(
+                docker.docker(
+                    "image", "inspect", "--format", "{{.Size}}", ref, capture=True
+                ).stdout.strip()
+            )
+            tmp = out.with_suffix(".tmp")
+            docker.docker("save", "-o", tmp, ref)
+        for old in IMAGE_CACHE.glob("redis-*.tar"):
+            if old != out:
+                old.unlink(missing_ok=True)
+                old.with_suffix(".json").unlink(missing_ok=True)
+        facts = {
+            "ref": ref,
+            "built_in_seconds": round(time.monotonic() - start, 1),
+            "image_bytes": size,
+            "archive_bytes": tmp.stat().st_size,
+        }
+        _log(f"built {ref}: {size / 2**20:.0f} MiB in {facts['built_in_seconds']:.0f}s")
+        return _finish(tmp, out, facts)
+
+
 # -- into the node's containerd ----------------------------------------------------------------
 
 

@@ -11,11 +11,13 @@ under CI (``CI`` set) that is a failure instead, so a broken install cannot pass
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from .node import NodeCluster, RunningNode, missing_prerequisites, node_is_healthy, read_state
+from .onnode import OperatorRelease, helm, install_operator
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +38,22 @@ def node_cluster() -> Iterator[RunningNode]:
         yield cluster.running()
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def node_operator(node_cluster: RunningNode) -> Iterator[OperatorRelease]:
+    """The operator as users get it: ``helm install`` of the chart with our local image, in a
+    namespace of its own, watching every namespace (one per session: two would both act)."""
+    kube = node_cluster.kube
+    namespace = f"memoria-system-{uuid.uuid4().hex[:6]}"
+    try:
+        release = install_operator(kube, node_cluster.image, namespace)
+    except BaseException:
+        helm(kube, "uninstall", "memoria", "-n", namespace, "--wait", check=False)
+        kube.delete_namespace(namespace)
+        raise
+    try:
+        yield release
+    finally:
+        helm(kube, "uninstall", release.release, "-n", namespace, "--wait", check=False)
+        kube.delete_namespace(namespace)
