@@ -142,6 +142,7 @@ class HealthTracker:
         self.timeout = timeout
         self.kube = kube  # to find the pods to probe; None: Deployment and URLs only
         self.policy = policy or ProbePolicy()
+        self.pods: dict[str, list[dict[str, Any]]] = {}  # each region's pods, as last listed
         self.state: dict[str, Health] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -158,17 +159,18 @@ class HealthTracker:
 
     async def _urls(self, region: Region) -> list[str]:
         url = health_url(region)
-        if url:
-            return [url]
-        if not (region.spec.failover.probe_pods and self.kube is not None):
-            return []
+        if url or not (region.spec.failover.probe_pods and self.kube is not None):
+            self.pods.pop(region.key, None)  # not listed this tick: the endpoint lists itself
+            return [url] if url else []
         labels = ",".join(f"{k}={v}" for k, v in sorted(selector(region).items()))
         try:
             pods = await asyncio.to_thread(
                 self.kube.list, path_for("v1", "Pod", region.namespace), labelSelector=labels
             )
         except Exception:  # no pod list (RBAC, API away): judge by the Deployment alone
+            self.pods.pop(region.key, None)
             return []
+        self.pods[region.key] = pods  # this tick's list, for the write endpoint's labels too
         return running_pod_urls(pods)
 
     async def check(self, region: Region, deployment: dict[str, Any] | None) -> Health:
@@ -211,3 +213,4 @@ class HealthTracker:
 
     def forget(self, key: str) -> None:
         self.state.pop(key, None)
+        self.pods.pop(key, None)

@@ -223,10 +223,12 @@ class LeadershipManager:
         serving = serving_key(facts.holder, view.healthy(facts.holder or ""), facts.in_handover)
         order = sorted(view.regions.values(), key=lambda r: r.key == serving)  # others first
         for region in order:
-            pods = self.kube.list(
-                path_for("v1", "Pod", region.namespace),
-                labelSelector=pod_selector(selector(region)),
-            )
+            pods = self.health.pods.get(region.key)  # listed by this tick's probes
+            if pods is None:
+                pods = self.kube.list(
+                    path_for("v1", "Pod", region.namespace),
+                    labelSelector=pod_selector(selector(region)),
+                )
             for name, patch in label_patches(pods, serve=region.key == serving):
                 try:
                     self.kube.merge_patch(path_for("v1", "Pod", region.namespace, name), patch)
