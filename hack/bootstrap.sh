@@ -32,8 +32,11 @@ if [[ $node != 0 ]]; then
   have ip || packages+=(iproute2)
   have gcc || packages+=(gcc libc6-dev)  # the pause binary, linked statically
 fi
-command -v go >/dev/null 2>&1 || { say "Go is required (https://go.dev/dl); this machine has none"; exit 1; }
-if ((${#packages[@]})); then
+python_only=${MEMORIA_BOOTSTRAP_PYTHON_ONLY:-0}  # unit tests: the virtualenv and nothing else
+if [[ $python_only != 1 ]]; then
+  command -v go >/dev/null 2>&1 || { say "Go is required (https://go.dev/dl); this machine has none"; exit 1; }
+fi
+if [[ $python_only != 1 ]] && ((${#packages[@]})); then
   say "installing Debian packages: ${packages[*]}"
   sudo_if_needed apt-get update -q >/dev/null
   # the packages' own services are not wanted: tests and the demo start private servers
@@ -53,7 +56,7 @@ if [[ ! -f $stamp ]]; then
   .venv/bin/pip install -q -e '.[test]'
   rm -f .venv/.installed-* && touch "$stamp"
 fi
-if [[ ${MEMORIA_BOOTSTRAP_PYTHON_ONLY:-0} == 1 ]]; then
+if [[ $python_only == 1 ]]; then
   say "ready for unit tests (MEMORIA_BOOTSTRAP_PYTHON_ONLY=1: no Kubernetes binaries)"
   exit 0
 fi

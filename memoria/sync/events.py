@@ -237,11 +237,25 @@ def content_key(data: dict[str, Any]) -> str:
     content["entity_id"] = data.get("entity_id")
     content["created_at"] = data.get("created_at")
     content["payload"] = data.get("payload")
+    content = _numbers_as_jsonb(content)
     try:
         canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # an integer beyond 64 bits, say: the slower codec takes anything JSON
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
     return "c" + hashlib.sha256(canonical).hexdigest()[:31]
+
+
+def _numbers_as_jsonb(value: Any) -> Any:
+    """Numbers spelled as PostgreSQL's JSONB spells them back: an integral float (``1e16``,
+    ``2.0``) as an integer, ``-0.0`` as ``0``; so the NOTIFY copy and the journal copy of one
+    event hash alike."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _numbers_as_jsonb(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers_as_jsonb(v) for v in value]
+    return value
 
 
 #: why a Delivery has no event: ``malformed`` and ``unsupported`` are counted as such;

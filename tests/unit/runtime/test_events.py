@@ -156,3 +156,14 @@ def test_thread_events_parse_and_are_left_to_the_applier() -> None:
         {**GUIDE_EVENT, "action": "thread.updated", "entity_type": "thread"}
     )
     assert event.action is Action.THREAD_UPDATE and event.entity_type is EntityType.THREAD
+
+
+def test_content_key_ignores_how_jsonb_respells_numbers() -> None:
+    """A reference event's NOTIFY copy and its journal row (re-spelt by JSONB: 1e16 becomes
+    10000000000000000, -0.0 becomes 0.0) get one key, so it is applied once."""
+    from memoria.sync.events import content_key
+
+    sent = {"action": "memory.created", "payload": {"a": 1e16, "b": -0.0, "c": 1e2, "d": 0.7}}
+    stored = {"action": "memory.created", "payload": {"a": 10**16, "b": 0.0, "c": 100, "d": 0.7}}
+    assert content_key(sent) == content_key(stored)
+    assert content_key(sent) != content_key({**sent, "payload": {**sent["payload"], "d": 0.8}})
