@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,15 +111,31 @@ class ReferenceReceiver:
         return None if row is None else row.get("processed_data", {}).get("text")
 
 
-class RedisReferencePeer:
+class _Listener:
+    """A peer's one listener thread, as the reference runs it: started once, stopped on close."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _spawn(self, run: Callable[[], None]) -> None:
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def _join(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+class RedisReferencePeer(_Listener):
     """The reference Redis backend: PUBLISH and SUBSCRIBE on the channel, nothing else."""
 
     def __init__(self, url: str, channel: str, receiver: ReferenceReceiver | None = None) -> None:
         self.client = redis.Redis.from_url(url, decode_responses=True)
         self.channel = channel
         self.receiver = receiver
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     def publish(self, raw: str) -> None:
         self.client.publish(self.channel, raw)
@@ -140,17 +157,14 @@ class RedisReferencePeer:
             finally:
                 pubsub.close()
 
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
+        self._spawn(run)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._join()
         self.client.close()
 
 
-class PostgresReferencePeer:
+class PostgresReferencePeer(_Listener):
     """The reference PostgreSQL backend: on one autocommit connection, ``INSERT INTO <table>
     (payload)`` when a table is set, then ``NOTIFY <channel>, <json>``; LISTEN to receive."""
 
@@ -163,8 +177,7 @@ class PostgresReferencePeer:
     ) -> None:
         self.dsn, self.channel, self.table, self.receiver = dsn, channel, table, receiver
         self.conn = psycopg.connect(dsn, autocommit=True)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
 
     def create_table(self) -> None:
         """The table as the reference creates it when missing."""
@@ -205,11 +218,8 @@ class PostgresReferencePeer:
             finally:
                 listener.close()
 
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
+        self._spawn(run)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        self._join()
         self.conn.close()
