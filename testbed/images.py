@@ -34,7 +34,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,38 @@ def _finish(tmp: Path, out: Path, facts: dict[str, Any]) -> ImageArchive:
     return ImageArchive(facts["ref"], out, facts)
 
 
+def _built_once(out: Path, build: Callable[[Path], dict[str, Any]]) -> ImageArchive:
+    """The archive ``out`` from the cache, else made by ``build(tmp)`` (which writes the archive
+    to ``tmp`` and returns its facts, ``ref`` among them) under the cache lock, checked again
+    once the lock is held: another session may have built it meanwhile."""
+    cached = _cached(out)
+    if cached:
+        return cached
+    with _cache_lock():
+        cached = _cached(out)
+        if cached:
+            return cached
+        tmp = out.with_suffix(".tmp")
+        return _finish(tmp, out, build(tmp))
+
+
+def _save(docker: DockerDaemon, ref: str, tmp: Path) -> int:
+    """``docker save`` of ``ref`` to ``tmp``; returns the image's size in bytes."""
+    size = int(
+        docker.docker("image", "inspect", "--format", "{{.Size}}", ref, capture=True).stdout.strip()
+    )
+    docker.docker("save", "-o", tmp, ref)
+    return size
+
+
+def _drop_archives(prefix: str, keep: set[str]) -> None:
+    """Delete cached archives ``<prefix>*.tar`` (and their facts) whose stem is not in ``keep``."""
+    for tar in IMAGE_CACHE.glob(f"{prefix}*.tar"):
+        if tar.stem not in keep:
+            tar.unlink(missing_ok=True)
+            tar.with_suffix(".json").unlink(missing_ok=True)
+
+
 def _cached(out: Path) -> ImageArchive | None:
     meta = out.with_suffix(".json")
     if not (out.is_file() and meta.is_file()):
@@ -199,16 +231,10 @@ def pause_image(k8s_version: str) -> ImageArchive:
         if line.startswith("TAG ?="):
             tag = line.split("=", 1)[1].strip()
     key = _sha256(_RECIPE, source, tag)[:12]
-    out = IMAGE_CACHE / f"pause-{tag}-{key}.tar"
-    cached = _cached(out)
-    if cached:
-        return cached
-    with _cache_lock():
-        cached = _cached(out)
-        if cached:
-            return cached
+    ref = f"{LOCAL}/pause:{tag}"
+
+    def build(tmp: Path) -> dict[str, Any]:
         start = time.monotonic()
-        ref = f"{LOCAL}/pause:{tag}"
         with tempfile.TemporaryDirectory(prefix="memoria-pause-") as work:
             binary = Path(work) / "pause"
             _run(
@@ -223,7 +249,6 @@ def pause_image(k8s_version: str) -> ImageArchive:
                 src_dir / "linux" / "pause.c",
             )
             _run("strip", binary)
-            tmp = out.with_suffix(".tmp")
             write_docker_archive(
                 tmp,
                 ref,
@@ -236,7 +261,9 @@ def pause_image(k8s_version: str) -> ImageArchive:
             "archive_bytes": tmp.stat().st_size,
         }
         _log(f"built {ref} from {src_dir / 'linux' / 'pause.c'} ({facts['archive_bytes']} bytes)")
-        return _finish(tmp, out, facts)
+        return facts
+
+    return _built_once(IMAGE_CACHE / f"pause-{tag}-{key}.tar", build)
 
 
 # -- the Debian base ---------------------------------------------------------------------------
@@ -464,14 +491,8 @@ def project_image() -> ImageArchive:
     """The repository's Dockerfile built on the local stand-in, as a cached archive."""
     key = project_image_key()
     ref = f"{LOCAL}/memoria-operator:{key}"
-    out = IMAGE_CACHE / f"memoria-operator-{key}.tar"
-    cached = _cached(out)
-    if cached:
-        return cached
-    with _cache_lock():
-        cached = _cached(out)
-        if cached:
-            return cached
+
+    def build(tmp: Path) -> dict[str, Any]:
         start = time.monotonic()
         BUILD_LOG.write_text("")
         _log(f"building {ref} from the Dockerfile (first use of these inputs; log: {BUILD_LOG})")
@@ -490,13 +511,7 @@ def project_image() -> ImageArchive:
                 "build", "--network=host", "--build-arg", f"BASE_IMAGE={stand_in}", "-t", ref, ctx
             )
             build_seconds = time.monotonic() - build_start
-            size = int(
-                docker.docker(
-                    "image", "inspect", "--format", "{{.Size}}", ref, capture=True
-                ).stdout.strip()
-            )
-            tmp = out.with_suffix(".tmp")
-            docker.docker("save", "-o", tmp, ref)
+            size = _save(docker, ref, tmp)
             _prune(docker, keep={ref, stand_in, _stand_in_ref()[0]})
         facts = {
             "ref": ref,
@@ -510,7 +525,9 @@ def project_image() -> ImageArchive:
             f"built {ref}: {size / 2**20:.0f} MiB, docker build {build_seconds:.0f}s, "
             f"{facts['built_in_seconds']:.0f}s in all"
         )
-        return _finish(tmp, out, facts)
+        return facts
+
+    return _built_once(IMAGE_CACHE / f"memoria-operator-{key}.tar", build)
 
 
 def _prune(docker: DockerDaemon, keep: set[str]) -> None:
@@ -520,11 +537,7 @@ def _prune(docker: DockerDaemon, keep: set[str]) -> None:
     if old:
         docker.docker("rmi", *old, check=False, capture=True)
     docker.docker("image", "prune", "-f", check=False, capture=True)
-    keep_tars = {f"memoria-operator-{ref.rsplit(':', 1)[1]}" for ref in keep}
-    for tar in IMAGE_CACHE.glob("memoria-operator-*.tar"):
-        if tar.stem not in keep_tars:
-            tar.unlink(missing_ok=True)
-            tar.with_suffix(".json").unlink(missing_ok=True)
+    _drop_archives("memoria-operator-", {f"memoria-operator-{r.rsplit(':', 1)[1]}" for r in keep})
 
 
 REDIS_DOCKERFILE = REPO / "docker" / "redis" / "Dockerfile"
@@ -536,14 +549,8 @@ def redis_image() -> ImageArchive:
     base_ref = _stand_in_ref()[0]
     key = _sha256(_RECIPE, base_ref, REDIS_DOCKERFILE.read_bytes())[:12]
     ref = f"{LOCAL}/redis:{key}"
-    out = IMAGE_CACHE / f"redis-{key}.tar"
-    cached = _cached(out)
-    if cached:
-        return cached
-    with _cache_lock():
-        cached = _cached(out)
-        if cached:
-            return cached
+
+    def build(tmp: Path) -> dict[str, Any]:
         start = time.monotonic()
         _log(f"building {ref} from {REDIS_DOCKERFILE.relative_to(REPO)} (first use only)")
         with DockerDaemon() as docker:
@@ -553,17 +560,8 @@ def redis_image() -> ImageArchive:
                 "build", "--network=host", "--build-arg", f"DEBIAN_BASE={base_ref}",
                 "-t", ref, REDIS_DOCKERFILE.parent,
             )  # fmt: skip
-            size = int(
-                docker.docker(
-                    "image", "inspect", "--format", "{{.Size}}", ref, capture=True
-                ).stdout.strip()
-            )
-            tmp = out.with_suffix(".tmp")
-            docker.docker("save", "-o", tmp, ref)
-        for old in IMAGE_CACHE.glob("redis-*.tar"):
-            if old != out:
-                old.unlink(missing_ok=True)
-                old.with_suffix(".json").unlink(missing_ok=True)
+            size = _save(docker, ref, tmp)
+        _drop_archives("redis-", {f"redis-{key}"})
         facts = {
             "ref": ref,
             "built_in_seconds": round(time.monotonic() - start, 1),
@@ -571,7 +569,9 @@ def redis_image() -> ImageArchive:
             "archive_bytes": tmp.stat().st_size,
         }
         _log(f"built {ref}: {size / 2**20:.0f} MiB in {facts['built_in_seconds']:.0f}s")
-        return _finish(tmp, out, facts)
+        return facts
+
+    return _built_once(IMAGE_CACHE / f"redis-{key}.tar", build)
 
 
 # -- into the node's containerd ----------------------------------------------------------------
