@@ -89,6 +89,34 @@ def kubeconfig_path(kubeconfig: str | None = None) -> str:
     return kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
 
 
+def api_call(
+    api_client: Any,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    query: dict[str, str] | None = None,
+    content_type: str = "application/json",
+    timeout: float = 10.0,
+) -> Any:
+    """One request through a bare ``ApiClient``, its body read; the caller checks the status.
+    Bypasses the generated API classes, whose modules (CoreV1Api above all) take seconds to
+    import on a busy machine."""
+    method, url, headers, payload, _ = api_client.param_serialize(
+        method=method,
+        resource_path=path,
+        query_params=list((query or {}).items()),
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    resp = api_client.call_api(
+        method, url, header_params=headers, body=payload, _request_timeout=timeout
+    )
+    resp.read()
+    return resp
+
+
 def load_api_client(kubeconfig: str | None = None) -> Any:
     """A ``kubernetes.client.ApiClient``: in-cluster credentials inside a pod unless a kubeconfig
     is given, otherwise :func:`kubeconfig_path`. Raises what the kubernetes client raises

@@ -21,6 +21,7 @@ from typing import Any
 
 from .contract import (
     PROMOTION_REQUEST_KEY,
+    api_call,
     load_api_client,
     promotion_request_name,
 )
@@ -252,22 +253,13 @@ def request_promotion(settings: LeadershipSettings) -> str:
     value = f"{time.time():.6f}"
     configmap = promotion_request_name(name)
     try:
-        # one merge patch through the bare ApiClient: the generated CoreV1Api module takes
-        # seconds to import on a busy machine, longer than a client waits for this answer
-        method, url, headers, payload, _ = api_client.param_serialize(
-            method="PATCH",
-            resource_path=f"/api/v1/namespaces/{namespace}/configmaps/{configmap}",
-            header_params={
-                "Content-Type": "application/merge-patch+json",
-                "Accept": "application/json",
-            },
+        resp = api_call(
+            api_client,
+            "PATCH",
+            f"/api/v1/namespaces/{namespace}/configmaps/{configmap}",
             body={"data": {PROMOTION_REQUEST_KEY: value}},
-            auth_settings=["BearerToken"],
+            content_type="application/merge-patch+json",
         )
-        resp = api_client.call_api(
-            method, url, header_params=headers, body=payload, _request_timeout=10
-        )
-        resp.read()
         if not 200 <= resp.status <= 299:
             raise ApiException(http_resp=resp)
     except ApiException as exc:

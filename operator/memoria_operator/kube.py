@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from kubernetes.client.exceptions import ApiException
 
+from memoria.contract import api_call
+
 from .config import FIELD_MANAGER, GROUP, PLURAL, VERSION
 from .liveness import LIVENESS
 
@@ -70,18 +72,15 @@ class Kube:
         query: dict[str, str] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        m, url, headers, payload, _ = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=list((query or {}).items()),
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
+        resp = api_call(
+            self.api,
+            method,
+            path,
             body=body,
-            auth_settings=["BearerToken"],
+            query=query,
+            content_type=content_type,
+            timeout=self.timeout,
         )
-        resp = self.api.call_api(
-            m, url, header_params=headers, body=payload, _request_timeout=self.timeout
-        )
-        resp.read()
         if resp.status < 500:
             LIVENESS.api_answered()  # readiness: the API server is reachable and answering
         if not 200 <= resp.status <= 299:
