@@ -16,9 +16,9 @@ from typing import Any
 
 from .leadership import LeaseWatcher
 from .metrics import RuntimeMetrics
-from .ports import Leadership
+from .ports import Leadership, LeadershipSource
 from .scheduler import DecrementScheduler
-from .settings import MemoriaSettings, apply_updates, mask_url
+from .settings import MemoriaSettings, ReplicaPromotion, apply_updates, mask_url
 from .store import MemoryStore
 from .sync import create_backend
 from .sync.link import BackendFactory, SyncLink, SyncState
@@ -62,10 +62,25 @@ class Runtime:
         if standalone:
             self.metrics.leader.set(1)
         else:
-            self.lease = LeaseWatcher(settings.leadership, self.scheduler.set_leadership)
+            self.lease = LeaseWatcher(settings.leadership, self._leadership_changed)
+        self.sync.may_promote = self._may_promote_broker
         self._settings_lock = threading.Lock()
         self.started = False
         self.metrics.track_last_decrement(self._last_decrement_timestamp)
+
+    def _leadership_changed(self, leadership: Leadership) -> None:
+        self.scheduler.set_leadership(leadership)
+        # a new leader may now promote its replica broker: relay the queue at once, not
+        # after the relay's backoff
+        self.sync.wake()
+
+    def _may_promote_broker(self) -> bool:
+        lead = self.scheduler.leadership
+        return (
+            self.settings.sync.replica_promotion is ReplicaPromotion.LEADER
+            and lead.source is LeadershipSource.LEASE
+            and lead.leading
+        )
 
     def _last_decrement_timestamp(self) -> float:
         raw = self.store.metadata().get("last_decrement_at") or ""

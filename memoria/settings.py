@@ -46,6 +46,13 @@ class SyncBackendName(StrEnum):
     POSTGRES = "postgres"
 
 
+class ReplicaPromotion(StrEnum):
+    """What a region does when its broker is a read-only replica whose primary is gone."""
+
+    LEADER = "leader"  # the region holding the scheduler Lease promotes it (REPLICAOF NO ONE)
+    NEVER = "never"  # nobody does: events wait in the outbox until someone promotes it
+
+
 #: the channel when ``MEMORIA_SYNC__CHANNEL`` is not set: the guide's name for each backend
 #: (``memoria-sync`` is not a PostgreSQL identifier, hence ``memoria_sync`` there)
 DEFAULT_CHANNELS = {
@@ -69,6 +76,8 @@ class SyncSettings(BaseModel):
     privacy_floor: int = PRIVACY_MIN
     privacy_ceiling: int = PRIVACY_MAX
     realtime_replication: bool = True
+    # Redis only: a replica cut off from its primary is promoted by the leading region
+    replica_promotion: ReplicaPromotion = ReplicaPromotion.LEADER
     # the namespaces exchanged with peers (both ways); empty: all of them
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

@@ -145,6 +145,9 @@ class SyncBackend(ABC):
 
     name: str
     _sender: Sender | None = None
+    #: whether this region may promote its broker when it is a replica cut off from its
+    #: primary (set by the runtime: only the Lease's holder, and only if the settings allow it)
+    may_promote: Callable[[], bool] = staticmethod(lambda: False)
 
     def publish(self, event: SyncEvent) -> None:
         """Send one event (the guide's call): it is queued and sent with whatever else is

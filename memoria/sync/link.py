@@ -61,6 +61,9 @@ class SyncLink:
         self.store = store
         self.metrics = metrics
         self.backend_factory = backend_factory
+        # whether this region may promote a replica broker cut off from its primary (the
+        # runtime sets it: the Lease holder, if the settings allow)
+        self.may_promote: Callable[[], bool] = lambda: False
         self.backend: SyncBackend | None = None
         self.subscription: Subscription | None = None
         self._lock = threading.RLock()
@@ -117,6 +120,7 @@ class SyncLink:
         if not sync.enabled:
             return
         self.backend = backend or self.backend_factory(sync)
+        self.backend.may_promote = self.may_promote
         if sync.realtime_replication:
             # the cursor key names this region and the journal: regions sharing one store
             # keep separate cursors, and a switched backend starts a cursor of its own

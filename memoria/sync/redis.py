@@ -17,16 +17,22 @@ Our subscribers SUBSCRIBE to the channel and read the Stream:
   nothing.
 
 Reads work on a ``replicaof`` Redis, the guide's region-B topology (PUBLISH and XADD both reach
-the replica); publishing to a read-only replica is refused and the events wait in the
-publisher's outbox until that Redis is promoted. Run Redis with ``appendonly yes`` (as the
-guide's compose file does): the Stream is only as durable as Redis itself.
+the replica). A replica refuses writes, so events go to its primary instead, found with ``ROLE``
+(same credentials, same database): region B's memories reach region A while B reads locally. If
+the replica has lost its primary (region A's Redis is down), the events wait in the outbox
+unless this region may promote the replica (``may_promote``: it holds the scheduler Lease after
+a failover and ``sync.replica_promotion`` is ``leader``): then ``REPLICAOF NO ONE`` makes it the
+primary and the queue drains. Run Redis with ``appendonly yes`` (as the guide's compose file
+does): the Stream is only as durable as Redis itself.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -51,6 +57,21 @@ STREAM_MARK = '{"stream_id":"'
 _BROKEN = (redis.ConnectionError, redis.TimeoutError, OSError)
 _FIELD = "event"
 _BATCH = 1000  # Stream entries read, and channel messages taken, at a time
+
+log = logging.getLogger("memoria.sync")
+
+
+def url_at(url: str, host: str, port: int) -> str:
+    """``url`` with its host and port replaced (credentials, database and options kept); a
+    ``unix://`` URL becomes ``redis://`` (a replica's primary is always reached over TCP)."""
+    parts = urlsplit(url)
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if parts.username is not None or parts.password is not None:
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@{netloc}"
+    scheme = "redis" if parts.scheme == "unix" else parts.scheme
+    path = parts.path if parts.scheme != "unix" else ""
+    return urlunsplit((scheme, netloc, path, parts.query, ""))
 
 
 def _client(url: str, socket_timeout: float) -> redis.Redis:
@@ -165,6 +186,8 @@ class RedisSyncBackend(SyncBackend):
         self._publisher = _client(url, socket_timeout=5)
         self._script = self._publisher.register_script(_PUBLISH_SCRIPT)
         self._subs: list[Subscription] = []
+        self._primary: tuple[str, redis.Redis] | None = None  # (url, client) past a replica
+        self.promoted = False  # this backend promoted its replica (REPLICAOF NO ONE)
 
     @property
     def source_id(self) -> str:
@@ -175,16 +198,14 @@ class RedisSyncBackend(SyncBackend):
             return
         where = f"redis at {mask_url(self.url)}"
         try:
-            # one command per batch: cheaper to pack and parse than 2 commands per event,
-            # and the batch lands in the Stream and on the channel atomically
-            self._script(
-                keys=[self.stream],
-                args=[self.channel, self.journal_max_events, *(raw for _, raw in events)],
-            )
+            try:
+                self._send(events, self._publisher)
+            except redis.ReadOnlyError:
+                self._send(events, self._writable(where))
         except redis.ReadOnlyError:
             raise BrokerRefused(
-                f"{where} is a read-only replica; events stay queued until it is promoted or "
-                "the URL points at a primary",
+                f"{where} is a read-only replica and so is what it names as its primary; "
+                "events stay queued until one is promoted or the URL points at a primary",
                 "read_only",
             ) from None
         except redis.exceptions.NoPermissionError as exc:
@@ -200,6 +221,50 @@ class RedisSyncBackend(SyncBackend):
             ) from None
         except _BROKEN as exc:
             raise BrokerUnavailable(f"{where}: {exc}") from None
+
+    def _send(self, events: Sequence[tuple[str, str]], client: redis.Redis) -> None:
+        # one command per batch: cheaper to pack and parse than 2 commands per event, and the
+        # batch lands in the Stream and on the channel atomically
+        self._script(
+            keys=[self.stream],
+            args=[self.channel, self.journal_max_events, *(raw for _, raw in events)],
+            client=client,
+        )
+
+    def _writable(self, where: str) -> redis.Redis:
+        """Where events go when our Redis is a read-only replica: its primary while the
+        replica is linked to it, else the replica itself once promoted (if we may)."""
+        role: Any = self._publisher.role()
+        if str(role[0]) != "slave":
+            raise redis.ReadOnlyError("read-only, yet not a replica")
+        host, port, link = str(role[1]), int(role[2]), str(role[3])
+        if link == "connected":
+            url = url_at(self.url, host, port)
+            if self._primary is None or self._primary[0] != url:
+                if self._primary is not None:
+                    self._primary[1].close()
+                self._primary = (url, _client(url, socket_timeout=5))
+            return self._primary[1]
+        if not self.may_promote():
+            raise BrokerRefused(
+                f"{where} is a read-only replica cut off from its primary {host}:{port} "
+                f"(link {link}); events stay queued until the primary is back or the replica "
+                "is promoted (the region holding the scheduler Lease does that when "
+                "sync.replica_promotion is 'leader')",
+                "read_only",
+            )
+        self._publisher.replicaof("NO", "ONE")
+        self.promoted = True
+        log.warning(
+            "sync: %s was a replica of %s:%d, unreachable (link %s); this region leads, so it "
+            "promoted it to primary (REPLICAOF NO ONE). Point the old primary at it "
+            "(REPLICAOF) before that region rejoins, or its events stay on a separate broker",
+            where,
+            host,
+            port,
+            link,
+        )
+        return self._publisher
 
     def subscribe_batches(self, handler: BatchHandler, *, after: str | None = None) -> Subscription:
         sub = _RedisSubscription(self, handler, after, self.block_ms)
@@ -222,3 +287,5 @@ class RedisSyncBackend(SyncBackend):
             sub.close()
         self._subs.clear()
         self._publisher.close()
+        if self._primary is not None:
+            self._primary[1].close()

@@ -41,7 +41,13 @@ READY_INPUTS = (CONFIG_VALID, SECRETS_AVAILABLE, RESOURCES_OWNED, DEPLOYMENT_AVA
 
 
 def now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return wall_before(0.0)
+
+
+def wall_before(seconds: float) -> str:
+    """The wall-clock time ``seconds`` ago, as a condition timestamp."""
+    moment = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def condition(

@@ -31,9 +31,13 @@ from .render import PORT, selector
 class Health:
     healthy: bool
     message: str
-    since: float  # time.monotonic() of the last change between healthy and unhealthy
+    # time.monotonic() since when the region is in this state: for healthy, the first good
+    # probe; for unhealthy, the start of the last good probe (the last moment it was known to
+    # serve), so the failover bound counts from there and not from when a probe timed out
+    since: float
     since_wall: str
     leading: bool | None = None  # what the region's own /healthz says about its scheduler
+    last_ok: float | None = None  # time.monotonic() when the last good probe started
 
 
 def deployment_available(deployment: dict[str, Any] | None) -> tuple[bool, str]:
@@ -174,6 +178,7 @@ class HealthTracker:
         return running_pod_urls(pods)
 
     async def check(self, region: Region, deployment: dict[str, Any] | None) -> Health:
+        started = time.monotonic()
         ok, message = deployment_available(deployment)
         urls = await self._urls(region)
         leading: bool | None = None
@@ -187,7 +192,9 @@ class HealthTracker:
                 namespace=region.namespace,
             )
             if refused:
-                return self._record(region.key, False, f"health URL refused: {refused}", None)
+                return self._record(
+                    region.key, False, f"health URL refused: {refused}", None, started
+                )
         if urls:
             session = await self.session()
             results = await asyncio.gather(*(probe(session, u, self.timeout, label) for u in urls))
@@ -198,16 +205,25 @@ class HealthTracker:
             if ok:
                 ok = bool(answered)
                 message = answered[0][1] if answered else results[0][1]
-        return self._record(region.key, ok, message, leading)
+        return self._record(region.key, ok, message, leading, started)
 
-    def _record(self, key: str, ok: bool, message: str, leading: bool | None) -> Health:
+    def _record(
+        self, key: str, ok: bool, message: str, leading: bool | None, started: float
+    ) -> Health:
         previous = self.state.get(key)
+        last_ok = started if ok else (previous.last_ok if previous else None)
         if previous is None or previous.healthy != ok:
             from . import conditions
 
-            health = Health(ok, message, time.monotonic(), conditions.now(), leading)
+            now = time.monotonic()
+            # unhealthy since it was last seen serving (not since this probe gave up); a
+            # region never seen healthy is unhealthy from now
+            since = now if ok or last_ok is None else last_ok
+            health = Health(
+                ok, message, since, conditions.wall_before(now - since), leading, last_ok
+            )
         else:
-            health = Health(ok, message, previous.since, previous.since_wall, leading)
+            health = Health(ok, message, previous.since, previous.since_wall, leading, last_ok)
         self.state[key] = health
         return health
 

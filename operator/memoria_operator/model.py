@@ -37,6 +37,7 @@ class SyncSpec(_Model):
     channel: str | None = None  # unset: the runtime's default for the backend
     table: str | None = None
     realtime_replication: bool = Field(default=True, alias="realtimeReplication")
+    replica_promotion: str = Field(default="leader", alias="replicaPromotion")
 
 
 class PrivacySpec(_Model):

@@ -87,6 +87,7 @@ def render_env(region: Region) -> list[dict[str, Any]]:
         _plain("MEMORIA_SYNC__PRIVACY_FLOOR", str(spec.privacy.floor)),
         _plain("MEMORIA_SYNC__PRIVACY_CEILING", str(spec.privacy.ceiling)),
         _plain("MEMORIA_SYNC__REALTIME_REPLICATION", _bool(sync.realtime_replication)),
+        _plain("MEMORIA_SYNC__REPLICA_PROMOTION", sync.replica_promotion),
         _plain("DECREMENT_TZ", spec.scheduler.time_zone),
         _plain("DISABLE_SCHEDULERS", _bool(not spec.scheduler.enabled)),
     ]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from memoria.ports import Leadership, LeadershipSource
 from testbed import RedisServer, wait_until
 from testbed.inprocess import Broker, Region, sqlite_url, two_regions
 from testbed.reference_peer import (
@@ -158,22 +159,38 @@ def test_a_forged_stream_id_on_the_channel_moves_nothing(
         assert not b.sync.subscription.position.startswith("99999999999999")
 
 
-def test_a_read_only_replica_keeps_events_queued_until_fixed(
-    redis_server: RedisServer, redis_factory: list[RedisServer], tmp_path: Path
+def test_a_replica_cut_off_from_its_primary_keeps_events_queued_until_promoted(
+    redis_factory: list[RedisServer], tmp_path: Path
 ) -> None:
-    replica = RedisServer(replica_of=redis_server)
+    """The guide's region-B topology through a failover: while the replica is linked, its
+    region's events go to the primary; once the primary is gone they wait in the outbox (a
+    region that does not lead may not promote), and the leading region promotes the replica."""
+    primary = RedisServer()
+    redis_factory.append(primary)
+    primary.start()
+    replica = RedisServer(replica_of=primary)
     redis_factory.append(replica)
     replica.start()
-    broker = Broker("redis", replica.url, redis_server.url)  # A publishes to the replica
+    broker = Broker("redis", replica.url, replica.url)  # both regions on the replica
     with two_regions(broker, tmp_path) as (a, b):
+        linked = a.write("through the replica's primary", y=0)
+        wait_until(lambda: linked in b.ids(), what="a write relayed to the primary")
+        assert redis.Redis.from_url(primary.url).xlen(f"{broker.channel}:journal") >= 1
+        primary.stop()
         mid = a.write("waits for a writable Redis", y=0)
         wait_until(lambda: a.sync.relay.refused, what="the refusal")
         health = a.runtime.health()
         assert health["status"] == "degraded"
-        assert "read-only replica" in health["sync"]["detail"], health
+        assert "cut off from its primary" in health["sync"]["detail"], health
+        assert primary.url.rsplit("@", 1)[-1].split("/")[0] in health["sync"]["detail"]
         assert a.store.outbox_depth("region-a") == 1
         assert a.count("memoria_sync_publish_refused_total", reason="read_only") >= 1
-        a.runtime.update_settings({"sync.connection_url": redis_server.url})  # fixed live
-        wait_until(lambda: mid in b.ids(), what="the queued write, once fixed")
+        assert redis.Redis.from_url(replica.url).role()[0] == b"slave"
+        # what the Lease watch hands the runtime once the operator makes region-a the leader
+        a.runtime._leadership_changed(
+            Leadership(leading=True, token=2, holder="region-a", source=LeadershipSource.LEASE)
+        )
+        wait_until(lambda: mid in b.ids(), what="the queued write, once promoted")
+        assert redis.Redis.from_url(replica.url).role()[0] == b"master"
         assert a.store.outbox_depth("region-a") == 0
         wait_until(lambda: a.runtime.health()["sync"]["state"] == "ok", what="healthy again")

@@ -198,3 +198,26 @@ def test_probe_policy(url: str, allow: str, refused: str | None) -> None:
 def test_probe_policy_names_a_bad_entry() -> None:
     with pytest.raises(ValueError, match=r"'10\.0\.0\.0/99' is neither"):
         ProbePolicy.parse("10.0.0.0/99")
+
+
+def test_unhealthy_counts_from_the_last_good_probe_not_from_the_failed_one() -> None:
+    """The failover bound starts when the region was last seen serving: a probe that times out
+    after a second must not add that second (and the probe interval) to the bound."""
+    tracker = HealthTracker(timeout=1.0, policy=LOOPBACK)
+    first = tracker._record("ns/a", True, "ok", True, started=100.0)
+    assert first.last_ok == 100.0
+    again = tracker._record("ns/a", True, "ok", True, started=101.0)
+    assert (again.since, again.last_ok) == (first.since, 101.0)
+    down = tracker._record("ns/a", False, "no answer", None, started=102.0)
+    assert not down.healthy
+    assert down.since == 101.0  # the start of the last good probe
+    later = tracker._record("ns/a", False, "no answer", None, started=104.0)
+    assert later.since == 101.0
+    back = tracker._record("ns/a", True, "ok", True, started=105.0)
+    assert back.healthy and back.since > 101.0 and back.last_ok == 105.0
+
+
+def test_a_region_never_seen_healthy_is_unhealthy_from_its_first_probe() -> None:
+    tracker = HealthTracker(timeout=1.0, policy=LOOPBACK)
+    down = tracker._record("ns/b", False, "no answer", None, started=50.0)
+    assert down.last_ok is None and down.since > 50.0

@@ -492,6 +492,7 @@ def test_env_for_a_plain_redis_spec_exactly() -> None:
         {"name": "MEMORIA_SYNC__PRIVACY_FLOOR", "value": "0"},
         {"name": "MEMORIA_SYNC__PRIVACY_CEILING", "value": "10"},
         {"name": "MEMORIA_SYNC__REALTIME_REPLICATION", "value": "true"},
+        {"name": "MEMORIA_SYNC__REPLICA_PROMOTION", "value": "leader"},
         {"name": "DECREMENT_TZ", "value": "Europe/Paris"},
         {"name": "DISABLE_SCHEDULERS", "value": "false"},
         {

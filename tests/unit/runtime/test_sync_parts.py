@@ -185,3 +185,29 @@ def test_live_events_wait_for_a_handler_that_failed() -> None:
     assert taken == [[first, second]]
     sub.hand_over_live([])
     assert len(taken) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://redis-b:6379/0", "redis://10.0.0.5:6380/0"),
+        (
+            "rediss://u:p%40ss@redis-b:6379/2?ssl_cert_reqs=none",
+            "rediss://u:p%40ss@10.0.0.5:6380/2?ssl_cert_reqs=none",
+        ),
+        ("redis://:secret@redis-b", "redis://:secret@10.0.0.5:6380"),
+        ("unix:///run/redis.sock?db=1", "redis://10.0.0.5:6380?db=1"),
+    ],
+)
+def test_the_primary_of_a_replica_is_reached_with_the_replicas_credentials(
+    url: str, expected: str
+) -> None:
+    from memoria.sync.redis import url_at
+
+    assert url_at(url, "10.0.0.5", 6380) == expected
+
+
+def test_an_ipv6_primary_gets_brackets() -> None:
+    from memoria.sync.redis import url_at
+
+    assert url_at("redis://r:6379/0", "fd00::5", 6379) == "redis://[fd00::5]:6379/0"
