@@ -233,7 +233,21 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--keep", action="store_true", help="keep running until Ctrl-C")
+    parser.add_argument(
+        "--process",
+        action="store_true",
+        help="the light mode: processes stand in for pods (the default where no node can run)",
+    )
     args = parser.parse_args(argv)
+    from .node import missing_prerequisites
+
+    missing = missing_prerequisites()
+    if not args.process and not missing:
+        from .demo_node import run as run_on_node
+
+        return run_on_node(args.keep)
+    why = "--process" if args.process else f"no node here: missing {', '.join(missing)}"
+    print(f"Mode: process ({why}): memoria serve processes stand in for pods", flush=True)
     return run(args.keep)
 
 
