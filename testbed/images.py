@@ -540,28 +540,30 @@ def _prune(docker: DockerDaemon, keep: set[str]) -> None:
     _drop_archives("memoria-operator-", {f"memoria-operator-{r.rsplit(':', 1)[1]}" for r in keep})
 
 
-REDIS_DOCKERFILE = REPO / "docker" / "redis" / "Dockerfile"
+SERVICES = REPO / "docker"  # docker/<name>/Dockerfile: the brokers the node runs as pods
 
 
-def redis_image() -> ImageArchive:
-    """Debian's redis-server on the debootstrap base (``docker/redis/Dockerfile``), as a cached
-    archive: the guide's Redis primary and replica run as pods from it."""
+def service_image(name: str) -> ImageArchive:
+    """A Debian package on the debootstrap base (``docker/<name>/``: ``redis``, ``postgres``), as
+    a cached archive: the guide's brokers run as pods from these."""
+    context = SERVICES / name
     base_ref = _stand_in_ref()[0]
-    key = _sha256(_RECIPE, base_ref, REDIS_DOCKERFILE.read_bytes())[:12]
-    ref = f"{LOCAL}/redis:{key}"
+    files = sorted(p for p in context.iterdir() if p.is_file())
+    key = _sha256(_RECIPE, base_ref, *(p.name.encode() + p.read_bytes() for p in files))[:12]
+    ref = f"{LOCAL}/{name}:{key}"
 
     def build(tmp: Path) -> dict[str, Any]:
         start = time.monotonic()
-        _log(f"building {ref} from {REDIS_DOCKERFILE.relative_to(REPO)} (first use only)")
+        _log(f"building {ref} from {context.relative_to(REPO)}/Dockerfile (first use only)")
         with DockerDaemon() as docker:
             if not docker.has_image(base_ref):
                 docker.docker("import", "--change", 'CMD ["bash"]', debian_base_rootfs(), base_ref)
             docker.docker(
                 "build", "--network=host", "--build-arg", f"DEBIAN_BASE={base_ref}",
-                "-t", ref, REDIS_DOCKERFILE.parent,
+                "-t", ref, context,
             )  # fmt: skip
             size = _save(docker, ref, tmp)
-        _drop_archives("redis-", {f"redis-{key}"})
+        _drop_archives(f"{name}-", {f"{name}-{key}"})
         facts = {
             "ref": ref,
             "built_in_seconds": round(time.monotonic() - start, 1),
@@ -571,7 +573,7 @@ def redis_image() -> ImageArchive:
         _log(f"built {ref}: {size / 2**20:.0f} MiB in {facts['built_in_seconds']:.0f}s")
         return facts
 
-    return _built_once(IMAGE_CACHE / f"redis-{key}.tar", build)
+    return _built_once(IMAGE_CACHE / f"{name}-{key}.tar", build)
 
 
 # -- into the node's containerd ----------------------------------------------------------------

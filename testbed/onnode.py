@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .binaries import ensure_binaries
-from .images import ImageArchive, import_into_containerd, redis_image
+from .images import ImageArchive, import_into_containerd, service_image
 from .kube import KubeTarget
 from .node import RunningNode
 from .paths import REPO
@@ -29,13 +29,13 @@ SERVING_LABEL = "memoria.arcafutura.io/serving"
 PROMOTE_ANNOTATION = "memoria.arcafutura.io/promote"
 SCHEDULER_LEASE = "memoria-scheduler-default"
 REGION_UID = 10001
-REDIS_UID = 10002
+BROKER_UID = 10002  # docker/postgres names it in /etc/passwd (initdb looks it up)
 
 POD_SECURITY = {
     "runAsNonRoot": True,
-    "runAsUser": REDIS_UID,
-    "runAsGroup": REDIS_UID,
-    "fsGroup": REDIS_UID,
+    "runAsUser": BROKER_UID,
+    "runAsGroup": BROKER_UID,
+    "fsGroup": BROKER_UID,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 CONTAINER_SECURITY = {
@@ -211,7 +211,12 @@ def lease_holder(kube: KubeTarget, ns: str, name: str) -> str | None:
 
 def ensure_redis_image(node: RunningNode) -> ImageArchive:
     """Build (once, cached) and load the Redis image into the node's containerd."""
-    archive = redis_image()
+    return ensure_service_image(node, "redis")
+
+
+def ensure_service_image(node: RunningNode, name: str) -> ImageArchive:
+    """Build (once, cached) and load ``docker/<name>``'s image into the node's containerd."""
+    archive = service_image(name)
     socket = node.workdir / "containerd.sock"
     listed = subprocess.run(
         ["ctr", "--address", str(socket), "--namespace", "k8s.io", "images", "ls", "-q"],
@@ -226,12 +231,34 @@ def ensure_redis_image(node: RunningNode) -> ImageArchive:
 
 def redis_manifests(name: str, image: str, replica_of: str | None = None) -> list[dict[str, Any]]:
     """A Deployment and a Service ``name``; ``replica_of`` (host) makes it a read-only replica."""
-    labels = {"app": name}
     everywhere = "0.0.0.0"  # noqa: S104 - a pod: its own address on the pod network
     args = ["redis-server", "--bind", everywhere, "--protected-mode", "no"]
     args += ["--dir", "/data", "--save", "", "--appendonly", "no"]
     if replica_of:
         args += ["--replicaof", replica_of, "6379"]
+    return broker_manifests(name, image, args, port=6379, memory="128Mi")
+
+
+def postgres_manifests(name: str, image: str) -> list[dict[str, Any]]:
+    """PostgreSQL (``docker/postgres``: database and role ``memoria``, trust on the pod
+    network) as a Deployment and a Service ``name``."""
+    return broker_manifests(name, image, ["serve-postgres"], port=5432, memory="256Mi")
+
+
+def deploy_postgres(kube: KubeTarget, ns: str, image: str, name: str = "postgres") -> str:
+    """PostgreSQL as a pod; returns its ClusterIP once it accepts connections."""
+    for manifest in postgres_manifests(name, image):
+        kube.apply(manifest, ns)
+    wait_for(kube, ns, f"deployment/{name}", "condition=Available", 180)
+    return cluster_ip(kube, ns, name)
+
+
+def broker_manifests(
+    name: str, image: str, args: list[str], *, port: int, memory: str
+) -> list[dict[str, Any]]:
+    """A Deployment (one non-root, read-only pod with ``/data`` on an emptyDir) and a Service
+    ``name`` for a broker listening on ``port``."""
+    labels = {"app": name}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -245,24 +272,30 @@ def redis_manifests(name: str, image: str, replica_of: str | None = None) -> lis
                     "securityContext": POD_SECURITY,
                     "containers": [
                         {
-                            "name": "redis",
+                            "name": "broker",
                             "image": image,
                             "imagePullPolicy": "Never",
                             "args": args,
-                            "ports": [{"containerPort": 6379, "name": "redis"}],
+                            "ports": [{"containerPort": port, "name": "broker"}],
                             "readinessProbe": {
-                                "tcpSocket": {"port": "redis"},
+                                "tcpSocket": {"port": "broker"},
                                 "periodSeconds": 2,
                             },
                             "securityContext": CONTAINER_SECURITY,
                             "resources": {
                                 "requests": {"cpu": "20m", "memory": "16Mi"},
-                                "limits": {"memory": "128Mi"},
+                                "limits": {"memory": memory},
                             },
-                            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                            "volumeMounts": [
+                                {"name": "data", "mountPath": "/data"},
+                                {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a pod volume
+                            ],
                         }
                     ],
-                    "volumes": [{"name": "data", "emptyDir": {}}],
+                    "volumes": [
+                        {"name": "data", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
                 },
             },
         },
@@ -271,7 +304,7 @@ def redis_manifests(name: str, image: str, replica_of: str | None = None) -> lis
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name},
-        "spec": {"selector": labels, "ports": [{"port": 6379, "targetPort": "redis"}]},
+        "spec": {"selector": labels, "ports": [{"port": port, "targetPort": "broker"}]},
     }
     return [deployment, service]
 
@@ -316,12 +349,23 @@ def deploy_redis_pair(kube: KubeTarget, ns: str, image: str) -> tuple[str, str]:
 def region_manifest(
     name: str,
     role: str,
-    redis_ip: str,
+    broker_ip: str,
     *,
     priority: int,
     unhealthy_after: int,
     ceiling: int = 15,
+    backend: str = "redis",
 ) -> dict[str, Any]:
+    """A MemoriaRegion on our image whose sync broker is ``broker_ip``: Redis, or PostgreSQL
+    (``docker/postgres``: the guide's journal table in database ``memoria``)."""
+    if backend == "postgres":
+        sync = {
+            "backend": "postgres",
+            "connectionUrl": f"postgresql://memoria@{broker_ip}:5432/memoria",
+            "table": "infra.memoria_sync_events",
+        }
+    else:
+        sync = {"backend": "redis", "connectionUrl": f"redis://{broker_ip}:6379/0"}
     return {
         "apiVersion": "memoria.arcafutura.io/v1alpha1",
         "kind": "MemoriaRegion",
@@ -331,12 +375,7 @@ def region_manifest(
             "role": role,
             "priority": priority,
             "imagePullPolicy": "Never",
-            "sync": {
-                "backend": "redis",
-                "connectionUrl": f"redis://{redis_ip}:6379/0",
-                "channel": "memoria-sync",
-                "realtimeReplication": True,
-            },
+            "sync": {**sync, "realtimeReplication": True},
             "privacy": {"floor": 0, "ceiling": ceiling},
             "store": {"persistence": {"size": "64Mi"}},
             "failover": {"unhealthyAfterSeconds": unhealthy_after},

@@ -55,10 +55,13 @@ _GAP_OLD = 10.0  # seconds of age of the row after it: an old gap is never fille
 
 def connect(dsn: str) -> psycopg.Connection[Any]:
     """A sync connection that notices a dead peer: TCP keepalives (about 15 s), and a
-    server-side statement timeout so a slow server cannot hold a publish for ever."""
+    server-side statement timeout so a slow server cannot hold a publish for ever. Text comes
+    back as UTF-8 whatever the database's encoding: on a SQL_ASCII database psycopg would
+    otherwise return bytes, and the journal's column names would not be recognised."""
     return psycopg.connect(
         dsn,
         autocommit=True,
+        client_encoding="UTF8",
         connect_timeout=3,
         keepalives=1,
         keepalives_idle=5,

@@ -18,12 +18,11 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from testbed.kube import KubeTarget
+from testbed.drill import Drill
 from testbed.node import RunningNode
 from testbed.onnode import (
     GROUP_ENDPOINT,
@@ -36,9 +35,7 @@ from testbed.onnode import (
     ensure_redis_image,
     eventually,
     http,
-    lease_holder,
     logs,
-    mreg_row,
     operator_pods,
     ready_pod,
     region_manifest,
@@ -54,68 +51,6 @@ FAST_BOUND = 5  # spec.failover.unhealthyAfterSeconds for the failover drills (o
 # a ceiling, not the goal (bound + 2 s, measured by bench/node_failover_bench.py): on this shared
 # 2-core machine, under other test sessions' load, failovers measured 6.4-11.3 s at a 5 s bound
 SLACK = 8.0
-
-
-@dataclass
-class Drill:
-    kube: KubeTarget
-    node: RunningNode
-    ns: str
-
-    def holder(self) -> str | None:
-        return lease_holder(self.kube, self.ns, SCHEDULER_LEASE)
-
-    def key(self, region: str) -> str:
-        return f"{self.ns}/{region}"
-
-    def pod(self, region: str, timeout: float = 180) -> dict[str, Any]:
-        found: dict[str, Any] = eventually(
-            lambda: ready_pod(self.kube, self.ns, region), timeout, f"a Ready pod of {region}", 0.5
-        )
-        return found
-
-    def set_bound(self, seconds: int) -> None:
-        for region in ("region-a", "region-b"):
-            self.kube.kubectl(
-                "patch",
-                "mreg",
-                region,
-                "-n",
-                self.ns,
-                "--type=merge",
-                "-p",
-                f'{{"spec": {{"failover": {{"unhealthyAfterSeconds": {seconds}}}}}}}',
-            )
-
-    def row(self, region: str) -> dict[str, str]:
-        return mreg_row(self.kube, self.ns, region)
-
-    def leads(self, region: str) -> bool:
-        """The Lease, the region's own pod (/healthz scheduler.leading), ``kubectl get mreg``
-        and the group endpoint all name ``region``."""
-        if self.holder() != self.key(region):
-            return False
-        pod = ready_pod(self.kube, self.ns, region)
-        if pod is None or not scheduler_leading(pod["status"]["podIP"]):
-            return False
-        row = self.row(region)
-        if row.get("ROLE") != "leader" or row.get("HOLDER") != self.key(region):
-            return False
-        return endpoint_ips(self.kube, self.ns, GROUP_ENDPOINT) == {pod["status"]["podIP"]}
-
-    def settled(self, leader: str, timeout: float = 120) -> None:
-        """``leader`` leads and both regions are Ready True, as every view reports it."""
-        standby = "region-b" if leader == "region-a" else "region-a"
-
-        def ok() -> bool:
-            return (
-                self.leads(leader)
-                and self.row(leader).get("READY") == "True"
-                and self.row(standby).get("READY") == "True"
-                and self.row(standby).get("ROLE") == "standby"
-            )
-
-        eventually(ok, timeout, f"{leader} leading, both regions Ready", 0.5)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from memoria.api import create_app
 from memoria.settings import DatabaseSettings, MemoriaSettings
 from testbed import PostgresServer, wait_until
-from testbed.inprocess import Broker, Region, sqlite_url
+from testbed.inprocess import Broker, Region, sqlite_url, two_regions
 from testbed.reference_peer import PostgresReferencePeer, capture
 
 pytestmark = pytest.mark.integration
@@ -175,3 +175,22 @@ def test_a_missing_privilege_keeps_writes_queued_until_granted(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_sql_ascii_database_carries_events_too(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A server made by initdb without a locale (a container's default) has SQL_ASCII
+    databases, where psycopg hands back bytes; the journal must still be recognised (it was
+    refused as 'not a sync journal' on the test bed's PostgreSQL pod before this was fixed)."""
+    name = f"ascii_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.url(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+                     "TEMPLATE template0")  # fmt: skip
+    database = postgres_server.url(name)
+    broker = Broker("postgres", database, database, table=TABLE, channel="memoria_sync")
+    with two_regions(broker, tmp_path) as (a, b):
+        mid = a.write("über ascii", y=1)
+        wait_until(lambda: mid in b.ids(), what="the write through a SQL_ASCII database")
+        assert b.store.get_memory(mid).text == "über ascii"
+        assert a.runtime.health()["sync"]["state"] == "ok"
