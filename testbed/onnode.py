@@ -27,6 +27,7 @@ CHART = REPO / "charts" / "memoria"
 GROUP_ENDPOINT = "memoria-default-rw"
 SERVING_LABEL = "memoria.arcafutura.io/serving"
 PROMOTE_ANNOTATION = "memoria.arcafutura.io/promote"
+HANDOVER_ANNOTATION = "memoria.arcafutura.io/handover-to"  # on the Lease, mid-switchover
 SCHEDULER_LEASE = "memoria-scheduler-default"
 REGION_UID = 10001
 BROKER_UID = 10002  # docker/postgres names it in /etc/passwd (initdb looks it up)

@@ -72,6 +72,12 @@ def running_pod_urls(pods: list[dict[str, Any]]) -> list[str]:
     return urls
 
 
+def no_pod_serving(pods: list[dict[str, Any]]) -> str:
+    deleting = sum(1 for p in pods if p["metadata"].get("deletionTimestamp"))
+    starting = len(pods) - deleting
+    return f"no pod can answer ({deleting} being deleted, {starting} not running yet)"
+
+
 def scheduler_leading(body: Any) -> bool | None:
     """What a /healthz JSON body says about the region's scheduler: whether it leads, or None
     when the body has no readable answer (an empty body or section counts as not leading)."""
@@ -205,6 +211,13 @@ class HealthTracker:
             if ok:
                 ok = bool(answered)
                 message = answered[0][1] if answered else results[0][1]
+        elif ok and self.pods.get(region.key):
+            # there are pods and none can answer (deleted, or a replacement still starting):
+            # the Deployment may count a pod as available for a while yet, but nothing
+            # serves, and the failover bound runs from the last pod that answered. (No pod at
+            # all with an available Deployment: no kubelet reports pods, as in the process
+            # test bed; the Deployment is all there is to judge by.)
+            ok, message = False, no_pod_serving(self.pods[region.key])
         return self._record(region.key, ok, message, leading, started)
 
     def _record(

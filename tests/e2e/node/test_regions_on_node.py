@@ -26,6 +26,7 @@ from testbed.drill import Drill
 from testbed.node import RunningNode
 from testbed.onnode import (
     GROUP_ENDPOINT,
+    HANDOVER_ANNOTATION,
     PROMOTE_ANNOTATION,
     SCHEDULER_LEASE,
     OperatorRelease,
@@ -290,6 +291,51 @@ def test_switchover_by_annotation(drill: Drill) -> None:
     )
     drill.settled("region-a", 60)
     print(f"switchover to region-a seen everywhere in {time.monotonic() - start:.1f}s")
+
+
+def test_a_deleted_leader_pod_fails_over_within_the_bound(drill: Drill) -> None:
+    elapsed = _time_failover(drill, "delete")
+    assert elapsed <= FAST_BOUND + SLACK, elapsed
+
+
+def test_a_switchover_is_finished_by_the_next_operator_pod_when_this_one_dies_midway(
+    drill: Drill, node_operator: OperatorRelease
+) -> None:
+    """The old leader is frozen for a moment so the switchover is certainly in progress (the
+    handover waits for it to stop its scheduler, or for its grant to run out) when the operator
+    pod is killed; the replacement pod reads the handover from the Lease and completes it."""
+    drill.set_bound(120)  # the frozen leader must not be failed over instead
+    drill.settled("region-b", 180)
+    pod = drill.pod("region-b")
+    pid = container_pid(drill.node, pod)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        drill.kube.kubectl(
+            "annotate", "mreg", "region-a", "-n", drill.ns, "--overwrite",
+            f"{PROMOTE_ANNOTATION}={time.time():.0f}",
+        )  # fmt: skip
+
+        def handing_over() -> bool:
+            lease = drill.kube.get_json("lease", SCHEDULER_LEASE, "-n", drill.ns)
+            notes = lease["metadata"].get("annotations") or {}
+            return notes.get(HANDOVER_ANNOTATION) == drill.key("region-a")
+
+        eventually(handing_over, 30, "the switchover under way on the Lease", 0.1)
+        victims = [p["metadata"]["name"] for p in operator_pods(drill.kube, node_operator)]
+        drill.kube.kubectl(
+            "delete", "pod", *victims, "-n", node_operator.namespace,
+            "--grace-period=0", "--force",
+        )  # fmt: skip
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    drill.settled("region-a", 180)
+    lease = drill.kube.get_json("lease", SCHEDULER_LEASE, "-n", drill.ns)
+    assert HANDOVER_ANNOTATION not in (lease["metadata"].get("annotations") or {})
+    status = drill.kube.get_json("mreg", "region-a", "-n", drill.ns)["status"]["leadership"]
+    assert status["lastTransitionReason"] == "Switchover", status
+    survivors = {p["metadata"]["name"] for p in operator_pods(drill.kube, node_operator)}
+    assert survivors and not survivors & set(victims)
+    drill.set_bound(FAST_BOUND)
 
 
 def test_the_operator_log_has_no_forbidden_after_the_drill(

@@ -221,3 +221,25 @@ def test_a_region_never_seen_healthy_is_unhealthy_from_its_first_probe() -> None
     tracker = HealthTracker(timeout=1.0, policy=LOOPBACK)
     down = tracker._record("ns/b", False, "no answer", None, started=50.0)
     assert down.last_ok is None and down.since > 50.0
+
+
+def test_a_deleted_pod_is_not_serving_even_while_the_deployment_says_available() -> None:
+    """A leader pod being deleted (or its replacement still starting) serves nothing: the
+    Deployment's Available condition lags, and judging by it alone added seconds to failover."""
+    from memoria_operator.render import selector
+    from testbed.fakekube import FakeKube
+
+    region = Region.from_body(
+        {
+            "metadata": {"namespace": "ns", "name": "a", "uid": "u", "generation": 1},
+            "spec": {"region": "a", "sync": {"backend": "redis", "connectionUrl": "redis://r"}},
+        }
+    )
+    kube = FakeKube()
+    for name, deleting, phase in (("old", True, "Running"), ("new", False, "Pending")):
+        pod = _pod("10.88.0.9" if name == "old" else None, phase=phase, deleting=deleting)
+        pod["metadata"].update(name=name, namespace="ns", labels=selector(region))
+        kube.put({"apiVersion": "v1", "kind": "Pod", **pod})
+    health = _check(HealthTracker(1.0, kube=kube, policy=LOOPBACK), region)
+    assert not health.healthy
+    assert health.message == "no pod can answer (1 being deleted, 1 not running yet)"
