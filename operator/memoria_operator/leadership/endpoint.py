@@ -6,17 +6,24 @@ switchover or a failover re-routes traffic without a restart or a rollout: the l
 pods, not in the Deployment's template, and the ReplicaSet does not select on it.
 
 Which region serves is decided from the Lease as just written: its holder while that holder is
-healthy; nobody during a handover (the old leader leaves before the new one joins) and nobody
-while the holder is judged unhealthy (a dead leader leaves at once, before the failover bound).
-When the label moves, it is taken off first and put on after, so two regions never serve at once.
+healthy, and nobody while the holder is judged unhealthy (a dead leader leaves at once, before
+the failover bound). During a switchover's handover the old leader keeps serving while it is
+healthy: writes are not the scheduler's business (any region takes them and they replicate), so
+there is no reason to refuse clients while the old scheduler stops. The label then moves in the
+tick that moves the Lease, taken off the old pods first and put on the new ones right after, so
+two regions never serve at once and the gap between them is two pod patches, not a handover.
+A handover for any other reason (the holder was fenced, or its scheduler switched off) serves
+nobody until the new holder has the Lease.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..config import API_VERSION, GROUP, KIND
 from ..render import PORT, selector
+from .lease import LeaseFacts, TransitionReason
 
 SERVING_LABEL = f"{GROUP}/serving"
 GROUP_LABEL = f"{GROUP}/group"
@@ -62,11 +69,16 @@ def render_group_service(
     }
 
 
-def serving_key(holder: str | None, healthy: bool, in_handover: bool) -> str | None:
+def serving_key(facts: LeaseFacts, healthy: Callable[[str], bool]) -> str | None:
     """The region (``namespace/name``) whose pods should carry the serving label, or None."""
-    if not holder or in_handover or not healthy:
+    if facts.in_handover:
+        old = facts.handover_from
+        if facts.reason is TransitionReason.SWITCHOVER and old and healthy(old):
+            return old
         return None
-    return holder
+    if not facts.holder or not healthy(facts.holder):
+        return None
+    return facts.holder
 
 
 def label_patches(pods: list[dict[str, Any]], *, serve: bool) -> list[tuple[str, dict[str, Any]]]:

@@ -220,7 +220,7 @@ class LeadershipManager:
         serving region's, so the endpoint never holds two regions."""
         self._ensure_group_service(view)
         facts = read_lease(lease, view.now)
-        serving = serving_key(facts.holder, view.healthy(facts.holder or ""), facts.in_handover)
+        serving = serving_key(facts, view.healthy)
         order = sorted(view.regions.values(), key=lambda r: r.key == serving)  # others first
         for region in order:
             pods = self.health.pods.get(region.key)  # listed by this tick's probes

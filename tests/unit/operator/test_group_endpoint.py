@@ -13,6 +13,7 @@ from memoria_operator.leadership.endpoint import (
     service_name,
     serving_key,
 )
+from memoria_operator.leadership.lease import LeaseFacts, TransitionReason
 
 
 def test_group_service_selects_serving_pods_of_the_group_and_is_owned_by_all_regions() -> None:
@@ -33,17 +34,29 @@ def test_group_service_selects_serving_pods_of_the_group_and_is_owned_by_all_reg
 @pytest.mark.parametrize(
     ("holder", "healthy", "handover", "expected"),
     [
-        ("ns/a", True, False, "ns/a"),
-        ("ns/a", False, False, None),  # a leader judged unhealthy leaves at once
-        (None, True, True, None),  # nobody serves while a handover is in progress
-        ("", True, False, None),
-        (None, False, False, None),
+        ("ns/a", True, None, "ns/a"),
+        ("ns/a", False, None, None),  # a leader judged unhealthy leaves at once
+        # a switchover's handover: the old leader takes writes until the Lease moves...
+        (None, True, TransitionReason.SWITCHOVER, "ns/a"),
+        (None, False, TransitionReason.SWITCHOVER, None),  # ...unless it is unhealthy
+        (None, True, TransitionReason.FENCED, None),  # a fenced leader serves nobody
+        (None, True, TransitionReason.RELEASED, None),
+        ("", True, None, None),
+        (None, False, None, None),
     ],
 )
 def test_serving_key(
-    holder: str | None, healthy: bool, handover: bool, expected: str | None
+    holder: str | None, healthy: bool, handover: TransitionReason | None, expected: str | None
 ) -> None:
-    assert serving_key(holder, healthy, handover) == expected
+    facts = LeaseFacts(
+        holder=holder,
+        expired=False,
+        renewed=None,
+        handover_to="ns/b" if handover else None,
+        handover_from="ns/a" if handover else None,
+        reason=handover,
+    )
+    assert serving_key(facts, lambda key: healthy) == expected
 
 
 def _pod(name: str, serving: bool, deleting: bool = False) -> dict[str, Any]:
