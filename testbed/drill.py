@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from .onnode import (
 )
 
 REGIONS = ("region-a", "region-b")
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never an HTTP proxy
 
 # service_metadata of the region's own store, read inside its pod (the store file is there)
 _METADATA = (
@@ -109,6 +111,12 @@ class Drill:
     def health(self, region: str) -> dict[str, Any]:
         body: dict[str, Any] = http("GET", f"{self.url(region)}/healthz")[1]
         return body
+
+    def metrics(self, region: str) -> str:
+        """The region's ``/metrics`` text, as Prometheus scrapes it."""
+        request = urllib.request.Request(f"{self.url(region)}/metrics")  # noqa: S310 - http only
+        with _DIRECT.open(request, timeout=5) as resp:
+            return str(resp.read().decode())
 
     def metadata(self, region: str) -> dict[str, str]:
         """The ``service_metadata`` table of the region's store (who decremented which day)."""

@@ -201,6 +201,10 @@ def test_4_failover_drill(pair: Pair) -> None:
         f"{reconnected}'s listener reconnecting",
         1,
     )
+    # and counted in the metrics a Prometheus scrapes
+    scraped = pair.metrics(reconnected).splitlines()
+    (line,) = [x for x in scraped if x.startswith("memoria_sync_listener_reconnects ")]
+    assert float(line.split()[1]) >= 1, line
     late = pair.write("region-a", "a standby again", y=1)
     pair.wait_all("region-b", [late], 60)
     # every write answered 201 is in both regions
