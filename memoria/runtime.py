@@ -63,6 +63,8 @@ class Runtime:
             self.metrics.leader.set(1)
         else:
             self.lease = LeaseWatcher(settings.leadership, self.scheduler.set_leadership)
+            # peers' decrements are checked against the Lease this region watches
+            self.sync.applier.lease_facts = self.lease.facts
         self._settings_lock = threading.Lock()
         self.started = False
         self.metrics.track_last_decrement(self._last_decrement_timestamp)
