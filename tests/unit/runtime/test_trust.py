@@ -94,13 +94,17 @@ def test_an_id_less_events_version_comes_from_its_content_not_its_arrival() -> N
     )
     first, again = (decode(dated, None).event for _ in range(2))
     assert first is not None and again is not None
-    assert version_of(first) == version_of(again) == int(
-        dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp() * 1e6
+    assert (
+        version_of(first)
+        == version_of(again)
+        == int(dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp() * 1e6)
     )
     sent = _reference({"memory_id": "m", "privacy": 0}, created_at="2031-02-03T04:05:06+00:00")
     event = decode(sent, None).event
     assert event is not None
-    assert version_of(event) == int(dt.datetime(2031, 2, 3, 4, 5, 6, tzinfo=dt.UTC).timestamp() * 1e6)
+    assert version_of(event) == int(
+        dt.datetime(2031, 2, 3, 4, 5, 6, tzinfo=dt.UTC).timestamp() * 1e6
+    )
 
 
 def test_a_payload_that_is_not_json_is_refused_when_the_event_is_made() -> None:
