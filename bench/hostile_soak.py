@@ -36,6 +36,7 @@ from memoria.settings import SyncSettings
 from memoria.store import MemoryStore
 from memoria.sync import SyncBackend, create_backend
 from testbed import MemoriaProcess, PostgresServer, RedisServer, wait_until
+from testbed.hostile import forge, forged_decrement, forged_memory_event
 
 MIB = 1 << 20
 
@@ -86,57 +87,35 @@ def rss_of(pid: int | None) -> int:
     return int(found.group(1)) * 1024 if found else 0
 
 
-def _memory(action: str, memory_id: str, origin: str, **extra: Any) -> dict[str, Any]:
-    payload: dict[str, Any] = {"memory_id": memory_id, "namespace": "default", "privacy": 0}
-    if action != "memory.deleted":
-        payload["snapshot"] = {"memory_id": memory_id, "text": "forged", "y_coord": 0}
-    payload.update(extra.pop("payload", {}))
-    return {
-        "action": action,
-        "entity_type": "memory",
-        "namespace": "default",
-        "entity_id": memory_id,
-        "origin": origin,
-        "event_id": uuid.uuid4().hex,
-        "created_at": extra.pop("created_at", dt.datetime.now(dt.UTC).isoformat()),
-        "payload": payload,
-    }
-
-
-def _decrement(date: str, token: int) -> dict[str, Any]:
-    return {
-        "action": "schedule.decremented",
-        "entity_type": "schedule",
-        "namespace": "_schedule",
-        "origin": "region-a",
-        "event_id": uuid.uuid4().hex,
-        "payload": {"date": date, "token": token, "region": "region-a"},
-    }
-
-
 def hostile_round(run: Run, backend: SyncBackend, rng: random.Random, big: str) -> None:
     """One round of forgeries, published with the broker's credentials."""
     today = dt.datetime.now(dt.UTC).date()
     targets = rng.sample(run.honest, min(20, len(run.honest))) if run.honest else ["none"]
     events: list[tuple[str, dict[str, Any]]] = [
-        ("decrement_ahead", _decrement((today + dt.timedelta(days=2)).isoformat(), 1)),
-        ("decrement_token", _decrement((today - dt.timedelta(days=1)).isoformat(), 2**63 - 1)),
-        ("text_over_cap", _memory("memory.created", uuid.uuid4().hex, "x", payload={})),
-        ("future", _memory("memory.updated", targets[0], "x", created_at="2199-01-01T00:00Z")),
+        ("decrement_ahead", forged_decrement((today + dt.timedelta(days=2)).isoformat(), 1)),
+        (
+            "decrement_token",
+            forged_decrement((today - dt.timedelta(days=1)).isoformat(), 2**63 - 1),
+        ),
+        ("text_over_cap", forged_memory_event("memory.created", uuid.uuid4().hex, "x")),
+        (
+            "future",
+            forged_memory_event("memory.updated", targets[0], "x", created_at="2199-01-01T00:00Z"),
+        ),
     ]
     events[2][1]["payload"]["snapshot"]["text"] = "t" * 150_000
     for target in targets:
         events.append(
-            ("delete_version", _memory("memory.deleted", target, "a", payload={"version": 2**62}))
+            ("delete_version", forged_memory_event("memory.deleted", target, "a", version=2**62))
         )
         events.append(
-            ("delete_foreign", _memory("memory.deleted", target, "zz", payload={"version": 1}))
+            ("delete_foreign", forged_memory_event("memory.deleted", target, "zz", version=1))
         )
-        update = _memory("memory.updated", target, "a", payload={"version": 2**62})
+        update = forged_memory_event("memory.updated", target, "a", version=2**62)
         events.append(("update_version", update))
     if rng.random() < 0.5:  # about 1 MiB a second of oversized events per backend
-        events.append(("oversized", _memory("memory.created", "big", "x", payload={"pad": big})))
-    backend.publish_encoded([(uuid.uuid4().hex, orjson.dumps(e).decode()) for _, e in events])
+        events.append(("oversized", forged_memory_event("memory.created", "big", "x", pad=big)))
+    forge(backend, *(event for _, event in events))
     for kind, _ in events:
         run.sent[kind] = run.sent.get(kind, 0) + 1
 

@@ -11,24 +11,12 @@ from fastapi.testclient import TestClient
 
 from memoria import cancel_daily_decrement_timer, create_app, restart_daily_decrement_schedule
 from memoria.errors import SettingsError
-from memoria.settings import MemoriaSettings, SyncSettings, load_settings
+from memoria.settings import MemoriaSettings, load_settings
 from testbed import RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
 
 KEY = {"X-API-Key": "s3cret"}
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = MemoriaSettings(
-        region="api-test",
-        database={"connection_string": f"sqlite:///{tmp_path / 'api.db'}"},  # type: ignore[arg-type]
-        MEMORIA_API_KEY="s3cret",  # type: ignore[call-arg]
-        sync=SyncSettings(enabled=True, channel=f"api{tmp_path.name[-8:]}"),
-    )
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 def test_memory_crud(client: TestClient) -> None:

@@ -4,33 +4,16 @@ credentials, before it applies it. A wrong host, port, password or database answ
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from memoria import create_app
-from memoria.settings import MemoriaSettings, SyncSettings
 from testbed import PostgresServer, RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
 
 KEY = {"X-API-Key": "s3cret"}
 SECRET = "hunter2-not-for-logs"
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = MemoriaSettings(
-        region="verify-test",
-        database={"connection_string": f"sqlite:///{tmp_path / 'api.db'}"},  # type: ignore[arg-type]
-        MEMORIA_API_KEY="s3cret",  # type: ignore[call-arg]
-        sync=SyncSettings(enabled=True, channel=f"v{tmp_path.name[-8:]}"),
-    )
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
 
 
 @pytest.fixture

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import psycopg
@@ -18,6 +16,7 @@ import pytest
 from memoria.sync import RedisSyncBackend, SyncBackend, create_backend
 from memoria.sync.trust import LeaseFacts, now_us
 from testbed import PostgresServer, RedisServer, wait_until
+from testbed.hostile import forge, forged_decrement, forged_memory_event
 from testbed.inprocess import Broker, Region, two_regions
 
 pytestmark = pytest.mark.integration
@@ -44,37 +43,6 @@ def hostile(broker: Broker) -> Iterator[SyncBackend]:
     backend.close()
 
 
-def forge(backend: SyncBackend, *events: dict[str, Any]) -> None:
-    backend.publish_encoded([(uuid.uuid4().hex, orjson.dumps(e).decode()) for e in events])
-
-
-def decrement(date: str, token: int) -> dict[str, Any]:
-    return {
-        "action": "schedule.decremented",
-        "entity_type": "schedule",
-        "namespace": "_schedule",
-        "origin": "region-a",
-        "event_id": uuid.uuid4().hex,
-        "payload": {"date": date, "token": token, "region": "region-a"},
-    }
-
-
-def memory_event(action: str, memory_id: str, origin: str, **payload: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"memory_id": memory_id, "namespace": "default", "privacy": 0}
-    if action != "memory.deleted":
-        body["snapshot"] = {"memory_id": memory_id, "text": "forged", "y_coord": 0}
-    return {
-        "action": action,
-        "entity_type": "memory",
-        "namespace": payload.pop("namespace", "default"),
-        "entity_id": memory_id,
-        "origin": origin,
-        "event_id": uuid.uuid4().hex,
-        "created_at": payload.pop("created_at", dt.datetime.now(dt.UTC).isoformat()),
-        "payload": {**body, **payload},
-    }
-
-
 def settled(writer: Region, reader: Region) -> None:
     """Wait until ``reader`` applied everything published before now: a fresh write of the
     writer's arrives after all of it (one journal, in order)."""
@@ -94,21 +62,21 @@ def test_a_forged_decrement_neither_runs_early_nor_raises_the_fence(
             leader.write(f"m{i}", y=0)
         tomorrow = (TODAY + dt.timedelta(days=2)).isoformat()
         # the review's event (tomorrow, token 2^63-1), and a due date with that token
-        forge(hostile, decrement(tomorrow, 2**63 - 1), decrement(DAY_A, 2**63 - 1))
-        forge(hostile, decrement(tomorrow, 1))
+        forge(hostile, forged_decrement(tomorrow, 2**63 - 1), forged_decrement(DAY_A, 2**63 - 1))
+        forge(hostile, forged_decrement(tomorrow, 1))
         settled(leader, standby)
         assert refused(standby, "decrement_not_due") == 2
         assert refused(standby, "decrement_token") == 1
         assert standby.store.metadata()["last_decrement_date"] in ("", None)
         # the real leader's decrement is not refused as stale: it runs once at the standby
-        assert leader.writes.run_decrement(DAY_A, token=1).ran
+        assert leader.writes.run_forged_decrement(DAY_A, token=1).ran
         wait_until(lambda: standby.store.metadata()["last_decrement_date"] == DAY_A)
         # a region that watches the Lease refuses any token above its transitions
         standby.sync.applier.lease_facts = lambda: LeaseFacts(1)
-        forge(hostile, decrement(DAY_B, 2))
+        forge(hostile, forged_decrement(DAY_B, 2))
         settled(leader, standby)
         assert refused(standby, "decrement_token") == 2
-        assert leader.writes.run_decrement(DAY_B, token=1).ran
+        assert leader.writes.run_forged_decrement(DAY_B, token=1).ran
         wait_until(lambda: standby.store.metadata()["last_decrement_date"] == DAY_B)
         meta = standby.store.metadata()
         assert (meta["fencing_token"], meta["last_decrement_by"]) == ("1", "region-a")
@@ -122,16 +90,23 @@ def test_forged_deletes_and_updates_do_not_win_for_good(
         ids = [owner.write(f"m{i}", y=0) for i in range(50)]
         wait_until(lambda: set(ids) <= receiver.ids(), what="the memories at the receiver")
         # the review's attack: deletes claiming the owner's origin with version 2^62
-        forge(hostile, *(memory_event("memory.deleted", i, "region-a", version=2**62) for i in ids))
+        forge(
+            hostile,
+            *(forged_memory_event("memory.deleted", i, "region-a", version=2**62) for i in ids),
+        )
         # an update moving a memory to another namespace, with a huge version
-        forge(hostile, memory_event("memory.updated", ids[0], "region-a", version=2**62))
-        moved = memory_event("memory.updated", ids[1], "region-a", version=2**62)
-        moved["namespace"] = moved["payload"]["namespace"] = "elsewhere"
+        forge(hostile, forged_memory_event("memory.updated", ids[0], "region-a", version=2**62))
+        moved = forged_memory_event(
+            "memory.updated", ids[1], "region-a", namespace="elsewhere", version=2**62
+        )
         forge(hostile, moved)
         # a reference-style update (no version) dated far ahead
-        forge(hostile, memory_event("memory.updated", ids[2], "x", created_at="2100-01-01T00:00Z"))
+        forge(
+            hostile,
+            forged_memory_event("memory.updated", ids[2], "x", created_at="2100-01-01T00:00Z"),
+        )
         # a delete from another region that does not win as an update would
-        forge(hostile, memory_event("memory.deleted", ids[3], "region-x", version=1))
+        forge(hostile, forged_memory_event("memory.deleted", ids[3], "region-x", version=1))
         settled(owner, receiver)
         assert set(ids) <= receiver.ids()
         assert refused(receiver, "version_ahead") == 52
@@ -140,7 +115,7 @@ def test_forged_deletes_and_updates_do_not_win_for_good(
         assert {m.namespace for m in receiver.store.list_memories(limit=100)} == {"default"}
         assert "forged" not in {m.text for m in receiver.store.list_memories(limit=100)}
         # within the bounds a forger's delete is applied, as an update would be ...
-        forge(hostile, memory_event("memory.deleted", ids[4], "region-a", version=now_us()))
+        forge(hostile, forged_memory_event("memory.deleted", ids[4], "region-a", version=now_us()))
         settled(owner, receiver)
         assert ids[4] not in receiver.ids()
         # ... and the owner's next write repairs it
@@ -158,8 +133,8 @@ def test_oversized_events_and_texts_are_refused_and_honest_ones_still_arrive(
         reader.stop()  # away: what follows comes back by catch-up
         huge = "z" * (2 << 20)  # 2 MiB: over the event cap
         for n in range(20):
-            forge(hostile, memory_event("memory.created", f"huge{n}", "x", pad=huge))
-        long_text = memory_event("memory.created", "long", "x")
+            forge(hostile, forged_memory_event("memory.created", f"huge{n}", "x", pad=huge))
+        long_text = forged_memory_event("memory.created", "long", "x")
         long_text["payload"]["snapshot"]["text"] = "w" * 200_000  # over the API's text cap
         forge(hostile, long_text)
         honest = [writer.write(f"honest {i}", y=0) for i in range(10)]
@@ -180,7 +155,7 @@ def test_a_trimmed_stream_is_reported_not_skipped_silently(
         flood = RedisSyncBackend(redis_server.url, broker.channel, journal_max_events=10)
         try:  # a peer (or a short MAXLEN) trims the Stream past the reader's position
             for _ in range(5):
-                forge(flood, *(decrement("2000-01-01", 0) for _ in range(200)))
+                forge(flood, *(forged_decrement("2000-01-01", 0) for _ in range(200)))
         finally:
             flood.close()
         after = writer.write("after", y=0)
