@@ -122,8 +122,9 @@ def hostile_round(run: Run, backend: SyncBackend, rng: random.Random, big: str) 
 
 def garbage_round(run: Run, raw: Any, rng: random.Random) -> None:
     """Malformed messages on the channel itself (and, on PostgreSQL, chunks that never end)."""
-    junk = ['{"action": "memory.created"', "null", "[1,2,3]", '{"action": 7}', "\u0000" * 10]
+    junk = ['{"action": "memory.created"', "null", "[1,2,3]", '{"action": 7}', '{"a": "\\ud800"}']
     if run.backend == "redis":
+        junk.append("\u0000" * 10)  # PostgreSQL cannot carry a NUL in a NOTIFY at all
         for text in junk:
             raw.publish(run.channel, text)
     else:

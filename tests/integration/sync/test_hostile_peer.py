@@ -69,14 +69,14 @@ def test_a_forged_decrement_neither_runs_early_nor_raises_the_fence(
         assert refused(standby, "decrement_token") == 1
         assert standby.store.metadata()["last_decrement_date"] in ("", None)
         # the real leader's decrement is not refused as stale: it runs once at the standby
-        assert leader.writes.run_forged_decrement(DAY_A, token=1).ran
+        assert leader.writes.run_decrement(DAY_A, token=1).ran
         wait_until(lambda: standby.store.metadata()["last_decrement_date"] == DAY_A)
         # a region that watches the Lease refuses any token above its transitions
         standby.sync.applier.lease_facts = lambda: LeaseFacts(1)
         forge(hostile, forged_decrement(DAY_B, 2))
         settled(leader, standby)
         assert refused(standby, "decrement_token") == 2
-        assert leader.writes.run_forged_decrement(DAY_B, token=1).ran
+        assert leader.writes.run_decrement(DAY_B, token=1).ran
         wait_until(lambda: standby.store.metadata()["last_decrement_date"] == DAY_B)
         meta = standby.store.metadata()
         assert (meta["fencing_token"], meta["last_decrement_by"]) == ("1", "region-a")
