@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from .payload import memory_id_of, read_memory, version_of
 from .trust import CLOCK_SKEW, LeaseFacts, Refusal, check_decrement, check_text, check_time
 
 log = logging.getLogger("memoria.sync")
+_LOG_EVERY = 60.0  # seconds between log lines of one refusal reason
 
 
 def memory_from_event(event: SyncEvent) -> Memory:
@@ -81,6 +83,7 @@ class InboundApplier:
         self._today = today or (lambda ahead: (dt.datetime.now(dt.UTC) + ahead).date())
         #: what this region knows of its group's Lease; the runtime sets it when it watches one
         self.lease_facts: Callable[[], LeaseFacts] = lambda: LeaseFacts(None)
+        self._warned: dict[str, tuple[float, int]] = {}  # reason: (logged at, not logged since)
         #: called with each decrement outcome applied from a peer (for logs, metrics, tests)
         self.on_remote_decrement: Callable[[DecrementOutcome], None] | None = None
 
@@ -96,7 +99,8 @@ class InboundApplier:
         """Skip an event a peer had no right to send, counted by reason; logged by id and
         origin only (its content may be a forger's, and large)."""
         self.metrics.dropped.labels(refusal.value).inc()
-        log.warning(
+        self._warn(
+            refusal.value,
             "sync: refusing %s event %s from %r: %s",
             event.action.value,
             event.event_id,
@@ -104,6 +108,18 @@ class InboundApplier:
             refusal.value,
         )
         return InboundOp(event.event_id, "skip")
+
+    def _warn(self, reason: str, message: str, *args: Any) -> None:
+        """Log at most one line per reason a minute: a peer's flood of bad events must not
+        flood the log too. The line after a quiet spell says how many were not logged."""
+        now = time.monotonic()
+        last, quiet = self._warned.get(reason, (-_LOG_EVERY, 0))
+        if now - last < _LOG_EVERY:
+            self._warned[reason] = (last, quiet + 1)
+            return
+        self._warned[reason] = (now, 0)
+        suffix = f" ({quiet} more like it not logged)" if quiet else ""
+        log.warning(message + suffix, *args)
 
     def _check_decrement(self, event: SyncEvent) -> Refusal | None:
         lease = self.lease_facts()
@@ -148,10 +164,14 @@ class InboundApplier:
             log.debug("sync: skipping an event: %s", delivery.error)
         elif delivery.reason == "oversized":
             self.metrics.dropped.labels(Refusal.OVERSIZED.value).inc()
-            log.warning("sync: skipping an event %s (at %s)", delivery.error, delivery.position)
+            self._warn(
+                "oversized", "sync: skipping an event %s (at %s)", delivery.error, delivery.position
+            )
         else:
             self.metrics.dropped.labels(DropReason.MALFORMED).inc()
-            log.warning("sync: skipping malformed event: %s (%r)", delivery.error, delivery.raw)
+            self._warn(
+                "malformed", "sync: skipping malformed event: %s (%r)", delivery.error, delivery.raw
+            )
 
     def _classify_memory(self, event: SyncEvent) -> InboundOp:
         """:meth:`classify` for a memory event of a namespace this region exchanges."""
@@ -166,7 +186,7 @@ class InboundApplier:
                 return InboundOp(event.event_id, "withdraw", event, memory_id=gone, version=version)
             memory = memory_from_event(event)
         except EventFormatError as exc:
-            log.warning("sync: skipping event %s: %s", event.event_id, exc)
+            self._warn("malformed", "sync: skipping event %s: %s", event.event_id, exc)
             return self._skip(event, DropReason.MALFORMED)
         refusal = check_time(event.created_at, memory.version, now) or check_text(memory.text)
         if refusal is not None:
@@ -205,7 +225,8 @@ class InboundApplier:
             self.metrics.dropped.labels(DropReason.STALE).inc(result.stale)
         if result.refused:
             self.metrics.dropped.labels(Refusal.FOREIGN_DELETE.value).inc(result.refused)
-            log.warning(
+            self._warn(
+                Refusal.FOREIGN_DELETE.value,
                 "sync: refused %d delete(s) of memories another region wrote later",
                 result.refused,
             )

@@ -4,13 +4,18 @@ needed: the pure checks, versions, the envelope, chunk joining and the live-even
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from pathlib import Path
 
 import orjson
 import pytest
 
 from memoria.errors import EventFormatError
 from memoria.leadership import LeaseView, LeaseWatcher
-from memoria.settings import LeadershipSettings
+from memoria.metrics import RuntimeMetrics
+from memoria.settings import LeadershipSettings, SyncSettings
+from memoria.store import MemoryStore
+from memoria.sync.applier import InboundApplier
 from memoria.sync.base import Subscription
 from memoria.sync.events import Delivery, SyncEvent, decode
 from memoria.sync.payload import version_of
@@ -174,3 +179,29 @@ def test_the_lease_watcher_knows_the_lease_only_once_it_read_it() -> None:
     assert watcher.facts() == LeaseFacts(None)
     watcher._update(LeaseView("ns/region-b", 4, 0.0))
     assert watcher.facts() == LeaseFacts(4)
+
+
+def test_a_flood_of_refused_events_is_counted_each_but_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = MemoryStore(f"sqlite:///{tmp_path / 'flood.db'}")
+    metrics = RuntimeMetrics()
+    applier = InboundApplier(store, metrics, region="b", sync=lambda: SyncSettings(enabled=True))
+    caplog.set_level(logging.WARNING, logger="memoria.sync")
+    future = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    forged = [
+        _reference(
+            {"memory_id": f"m{i}", "privacy": 0, "snapshot": {"text": "t"}},
+            created_at=future.isoformat(),
+            origin="x",
+        )
+        for i in range(500)
+    ]
+    applier.apply([decode(raw, None) for raw in forged], "test")
+    assert (
+        metrics.registry.get_sample_value("memoria_sync_events_dropped_total", {"reason": "future"})
+        == 500
+    )
+    assert len([r for r in caplog.records if "refusing" in r.getMessage()]) == 1
+    assert store.count_memories() == 0
+    store.close()
