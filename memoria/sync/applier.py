@@ -23,6 +23,7 @@ from ..settings import SyncSettings
 from ..store import UNKNOWN_AS_OF, DecrementOutcome, InboundOp, InboundResult, Memory, MemoryStore
 from .events import Action, Delivery, EntityType, SyncEvent
 from .payload import memory_id_of, read_memory, version_of
+from .signing import verified
 from .trust import CLOCK_SKEW, LeaseFacts, Refusal, check_decrement, check_text, check_time
 
 log = logging.getLogger("memoria.sync")
@@ -121,6 +122,16 @@ class InboundApplier:
         suffix = f" ({quiet} more like it not logged)" if quiet else ""
         log.warning(message + suffix, *args)
 
+    def _check_signature(self, event: SyncEvent) -> Refusal | None:
+        sync = self._sync()
+        key = sync.key
+        if key is None:
+            return None  # no group key: nothing to verify against
+        ok = verified(event, key)
+        if ok is None:
+            return Refusal.UNSIGNED if sync.trust == "signed" else None
+        return None if ok else Refusal.BAD_SIGNATURE
+
     def _check_decrement(self, event: SyncEvent) -> Refusal | None:
         lease = self.lease_facts()
         highest = 0
@@ -143,6 +154,9 @@ class InboundApplier:
         self.metrics.received.inc()
         if event.origin == self.region:
             return self._skip(event, DropReason.OWN_ORIGIN)
+        refusal = self._check_signature(event)
+        if refusal is not None:
+            return self._refuse(event, refusal)
         if event.action is Action.DECREMENT:
             if event.entity_type is not EntityType.SCHEDULE:
                 return self._skip(event, DropReason.MALFORMED)

@@ -109,6 +109,9 @@ class SyncEvent:
     #: ``created_at`` as the sender gave it; None when it was missing or unreadable (then
     #: ``created_at`` is the time of receipt, which must not order anything)
     sent_at: dt.datetime | None
+    #: a received event's ``sig`` and the digest of what it says (see :mod:`.signing`)
+    signature: str | None
+    digest: bytes | None
 
     def __init__(  # noqa: PLR0917 - the contract's order, which callers use positionally
         self,
@@ -149,6 +152,8 @@ class SyncEvent:
         init(self, "created_at", created_at)
         init(self, "event_id", event_id)
         init(self, "sent_at", created_at)
+        init(self, "signature", None)
+        init(self, "digest", None)
 
     def to_dict(self) -> dict[str, Any]:
         """The wire object: the reference's keys in its order, then ours. Keys the reference
@@ -226,7 +231,26 @@ class SyncEvent:
         init(event, "created_at", sent_at or _now())  # the reference's rule: else "now"
         init(event, "event_id", event_id)
         init(event, "sent_at", sent_at)
+        signature = data.get("sig")
+        if isinstance(signature, str):
+            init(event, "signature", signature[:128])
+            init(event, "digest", content_digest(data))
+        else:
+            init(event, "signature", None)
+            init(event, "digest", None)
         return event
+
+
+_SIGNED = ("action", "entity_type", "namespace", "entity_id", "created_at", "payload", "origin")
+
+
+def content_digest(data: dict[str, Any]) -> bytes:
+    """SHA-256 of what a wire object says, the digest a signature covers (see
+    :mod:`.signing`): envelope, payload and ``event_id``; ``sig`` and transport markers
+    aside."""
+    content = {k: data.get(k) for k in _SIGNED}
+    content["event_id"] = data.get("event_id")
+    return hashlib.sha256(canonical(content)).digest()
 
 
 def read_time(raw: Any) -> dt.datetime | None:
@@ -249,12 +273,17 @@ def content_key(data: dict[str, Any]) -> str:
     content["entity_id"] = data.get("entity_id")
     content["created_at"] = data.get("created_at")
     content["payload"] = data.get("payload")
+    return "c" + hashlib.sha256(canonical(content)).hexdigest()[:31]
+
+
+def canonical(content: dict[str, Any]) -> bytes:
+    """``content`` as bytes that do not depend on how it was spelled: keys sorted, no spaces,
+    numbers as PostgreSQL's JSONB spells them back."""
     content = _numbers_as_jsonb(content)
     try:
-        canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # an integer beyond 64 bits, say: the slower codec takes anything JSON
-        canonical = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
-    return "c" + hashlib.sha256(canonical).hexdigest()[:31]
+        return json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _numbers_as_jsonb(value: Any) -> Any:

@@ -66,7 +66,13 @@ class SyncLink:
         self.subscription: Subscription | None = None
         self._lock = threading.RLock()
         self._reconnects_before = 0  # listener reconnects of subscriptions already closed
-        self.relay = OutboxRelay(store, metrics, region=self.region, outlet=self._lend)
+        self.relay = OutboxRelay(
+            store,
+            metrics,
+            region=self.region,
+            outlet=self._lend,
+            signing_key=lambda: self.settings.sync.key,
+        )
         self.applier = InboundApplier(
             store, metrics, region=self.region, sync=lambda: self.settings.sync, today=self._today
         )

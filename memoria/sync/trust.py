@@ -44,6 +44,8 @@ class Refusal(StrEnum):
     FOREIGN_DELETE = "foreign_delete"  # a delete of a memory another region wrote last
     NOT_DUE = "decrement_not_due"  # a decrement for a date not yet due here
     FENCE = "decrement_token"  # a fencing token the Lease does not allow
+    UNSIGNED = "unsigned"  # no signature, where trust is "signed"
+    BAD_SIGNATURE = "bad_signature"  # a signature that does not verify under the group's key
 
 
 def now_us() -> int:

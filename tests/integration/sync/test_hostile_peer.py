@@ -183,3 +183,29 @@ def test_a_flood_of_chunks_that_never_complete_is_bounded(
         big = writer.write("b" * 20_000, y=0)  # honest, and chunked too
         wait_until(lambda: big in reader.ids(), timeout=30, what="the honest chunked memory")
         assert reader.count("memoria_sync_events_lost_total", reason="chunks") > 2000
+
+
+def test_in_signed_trust_only_the_groups_events_are_taken(
+    broker: Broker, hostile: SyncBackend, tmp_path: Path
+) -> None:
+    signed = {"signing_key": "group-secret", "trust": "signed"}
+    a = Region("region-a", f"sqlite:///{tmp_path / 'a.db'}", broker.sync(reader=False, **signed))
+    b = Region("region-b", f"sqlite:///{tmp_path / 'b.db'}", broker.sync(reader=True, **signed))
+    a.start()
+    b.start()
+    try:
+        wait_until(lambda: b.sync.health().listener_connected is True, what="the listener")
+        first = a.write("signed", y=0)
+        wait_until(lambda: first in b.ids(), what="a signed memory")
+        forge(hostile, forged_memory_event("memory.updated", first, "region-a", version=now_us()))
+        bad = forged_memory_event("memory.deleted", first, "region-a", version=now_us())
+        bad["sig"] = "0" * 64
+        forge(hostile, bad, forged_decrement(DAY_A, 1))
+        settled(a, b)
+        assert refused(b, "unsigned") == 2
+        assert refused(b, "bad_signature") == 1
+        assert b.store.get_memory(first).text == "signed"
+        assert b.store.metadata()["last_decrement_date"] in ("", None)
+    finally:
+        a.stop(flush_timeout=1)
+        b.stop(flush_timeout=1)
