@@ -29,6 +29,7 @@ from .errors import LeadershipError, NotConfigured
 from .ports import Leadership, LeadershipSource
 from .settings import LeadershipSettings
 from .sync.base import Backoff
+from .sync.trust import LeaseFacts
 
 log = logging.getLogger("memoria.leadership")
 
@@ -94,6 +95,7 @@ class LeaseWatcher:
         self.disconnected_at: float | None = time.monotonic()  # None while connected
         self.last_error: str | None = None
         self._reported: tuple[bool, int] | None = None
+        self._seen = False  # whether the Lease (or its absence) was ever read
         self._stop = threading.Event()
         self._lock = threading.RLock()
         self._threads: list[threading.Thread] = []
@@ -116,7 +118,14 @@ class LeaseWatcher:
     def _update(self, view: LeaseView) -> None:
         with self._lock:
             self.view = view
+            self._seen = True
         self._report()
+
+    def facts(self) -> LeaseFacts:
+        """What a peer's decrement is checked against: the Lease's transition count, the
+        highest fencing token anyone may hold now (None until the Lease was first read)."""
+        with self._lock:
+            return LeaseFacts(self.view.transitions if self._seen else None)
 
     def _report(self) -> None:
         # Under the lock, including the callback: the watch and the expiry check report in

@@ -41,7 +41,18 @@ class RuntimeMetrics:
         self.dropped = Counter(
             "memoria_sync_events_dropped",
             "Sync events not published or not applied, by reason (privacy_out, privacy_in, "
-            "own_origin, namespace, duplicate, malformed, unsupported, stale, rejected)",
+            "own_origin, namespace, duplicate, malformed, unsupported, stale, rejected; "
+            "refused from a peer: oversized, future, version_ahead, foreign_delete, "
+            "decrement_not_due, decrement_token)",
+            ["reason"],
+            registry=r,
+        )
+        self.lost = Counter(
+            "memoria_sync_events_lost",
+            "Events the listener knows it could not hand over, by reason: live_overflow (more "
+            "than 10,000 journal-less events waited for a failing store; the oldest dropped), "
+            "trimmed (the Redis Stream was trimmed past this region's position; counted once "
+            "per gap, the events in it are unknown)",
             ["reason"],
             registry=r,
         )

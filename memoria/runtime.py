@@ -63,6 +63,8 @@ class Runtime:
             self.metrics.leader.set(1)
         else:
             self.lease = LeaseWatcher(settings.leadership, self._leadership_changed)
+            # peers' decrements are checked against the Lease this region watches
+            self.sync.applier.lease_facts = self.lease.facts
         self.sync.may_promote = self._may_promote_broker
         self._settings_lock = threading.Lock()
         self.started = False

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -80,6 +80,10 @@ class SyncSettings(BaseModel):
     replica_promotion: ReplicaPromotion = ReplicaPromotion.LEADER
     # the namespaces exchanged with peers (both ways); empty: all of them
     namespaces: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # the group's HMAC key (MEMORIA_SYNC__SIGNING_KEY, from a Secret): events we publish are
+    # signed with it; "signed" trust takes only events that verify, "open" also unsigned ones
+    signing_key: SecretStr | None = None
+    trust: Literal["open", "signed"] = "open"
 
     @field_validator("channel")
     @classmethod
@@ -139,6 +143,8 @@ class SyncSettings(BaseModel):
             )
         if self.enabled and self.backend is not SyncBackendName.MEMORY and not self.connection_url:
             raise ValueError(f"connection_url is required with backend {self.backend.value}")
+        if self.trust == "signed" and not self.signing_key:
+            raise ValueError("trust 'signed' needs a signing_key (MEMORIA_SYNC__SIGNING_KEY)")
         if self.table and self.backend is not SyncBackendName.POSTGRES:
             raise ValueError("table is only used with backend postgres")
         if not self.channel:
@@ -150,6 +156,10 @@ class SyncSettings(BaseModel):
     @property
     def connection(self) -> str:
         return self.connection_url.get_secret_value() if self.connection_url else ""
+
+    @property
+    def key(self) -> bytes | None:
+        return self.signing_key.get_secret_value().encode() if self.signing_key else None
 
     def shares_namespace(self, namespace: str) -> bool:
         return not self.namespaces or namespace in self.namespaces
@@ -365,6 +375,8 @@ def apply_updates(current: MemoriaSettings, updates: dict[str, Any]) -> MemoriaS
     # fields never set stay unset (the channel then follows the backend)
     sync = current.sync.model_dump(mode="json", exclude_unset=True)
     sync["connection_url"] = current.sync.connection or None
+    if current.sync.signing_key is not None:  # the dump above masks secrets
+        sync["signing_key"] = current.sync.signing_key.get_secret_value()
     top: dict[str, Any] = {}
     for key, value in updates.items():
         if key in UPDATABLE_KEYS:  # unknown keys are reported with the rest, not applied

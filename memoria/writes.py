@@ -75,8 +75,9 @@ class WriteService:
             return self._withdrawal(before, version=after.version)
         return None
 
-    def _deleted(self, before: Memory) -> SyncEvent | None:
-        return self._withdrawal(before, version=before.version + 1) if self._share(before) else None
+    def _deleted(self, gone: Memory) -> SyncEvent | None:
+        """``gone``: the memory as it was, with its tombstone's version."""
+        return self._withdrawal(gone, version=gone.version) if self._share(gone) else None
 
     def _withdrawal(self, before: Memory, *, version: int) -> SyncEvent:
         """``memory.deleted`` for the copy the peers hold: its namespace and privacy are the

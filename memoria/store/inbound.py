@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 
+from ..sync.events import Action
 from .decrement import decrement_dates, remote_decrement
 from .dialects import Database, Tx
 from .records import (
@@ -44,7 +45,7 @@ class Inbound:
         changes nothing. Memories follow last-writer-wins on (version, origin), so events that
         arrive out of order per memory converge on the newest version.
         """
-        applied = duplicates = skipped = stale = 0
+        applied = duplicates = skipped = stale = refused = 0
         outcomes: list[DecrementOutcome] = []
         now = utcnow()
         with self.db.transaction(write=True) as tx:
@@ -64,9 +65,9 @@ class Inbound:
                     _upsert_remote(tx, _rebase(op.memory, dates), deleted=False)
                     applied += 1
                 elif op.kind == "withdraw" and op.memory_id is not None:
-                    origin = op.event.origin if op.event is not None else None
-                    _withdraw(tx, op.memory_id, op.version, origin or "")
-                    applied += 1
+                    done = _withdraw_op(tx, op, op.memory_id)
+                    applied += done
+                    refused += not done
                 elif op.kind == "decrement" and op.event is not None:
                     outcome = remote_decrement(tx, op.event)
                     outcomes.append(outcome)
@@ -87,7 +88,7 @@ class Inbound:
                     "updated_at = excluded.updated_at",
                     (source, position, now),
                 )
-        return InboundResult(applied, duplicates, skipped, stale, outcomes)
+        return InboundResult(applied, duplicates, skipped, stale, outcomes, refused)
 
     def prune_inbox(self, older_than: dt.timedelta) -> int:
         cutoff = (dt.datetime.now(dt.UTC) - older_than).isoformat(timespec="microseconds")
@@ -128,13 +129,39 @@ def _upsert_remote(tx: Tx, m: Memory, *, deleted: bool) -> None:
     )
 
 
+def _withdraw_op(tx: Tx, op: InboundOp, memory_id: str) -> bool:
+    """Apply a withdrawal or a delete; False if the delete is refused."""
+    origin = (op.event.origin if op.event is not None else None) or ""
+    deleting = op.event is not None and op.event.action is Action.DELETE
+    if deleting and _foreign_delete_loses(tx, memory_id, op.version, origin):
+        return False
+    _withdraw(tx, memory_id, op.version, origin)
+    return True
+
+
+def _foreign_delete_loses(tx: Tx, memory_id: str, version: int | None, origin: str) -> bool:
+    """Whether a delete from ``origin`` must be refused: our live copy was last written by
+    another region, and the delete does not win by the rule an update from there would have to
+    pass (a newer version; on an equal one, the larger origin). A delete from the region that
+    wrote the copy keeps its edge: on an equal version it wins, so a delete concurrent with an
+    update ends deleted everywhere."""
+    row = tx.execute(
+        "SELECT origin, version FROM memories WHERE id = ? AND NOT deleted", (memory_id,)
+    ).fetchone()
+    if row is None or str(row[0] or "") == origin:
+        return False
+    held_by, held = str(row[0] or ""), int(row[1])
+    mine = version if version is not None else 1
+    return not (held < mine or (held == mine and held_by < origin))
+
+
 def _withdraw(tx: Tx, memory_id: str, version: int | None, origin: str) -> None:
     """Drop our copy (content and all) if we have one; never create a row for it.
 
     Used for deletes at the origin and for updates that left our privacy range: the newer
     version wins, so a late, older update cannot bring the content back.
     """
-    newer_than = version if version is not None else 1 << 62
+    newer_than = version if version is not None else 1
     tx.execute(
         "UPDATE memories SET deleted = TRUE, text = '', version = ?, origin = ?, "
         "updated_at = ? WHERE id = ? AND version <= ?",

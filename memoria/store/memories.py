@@ -1,5 +1,10 @@
 """Memories written here (create, change, delete: each write queues its sync event in the same
-transaction) and every read of memories, whichever region wrote them."""
+transaction) and every read of memories, whichever region wrote them.
+
+A write's version is a hybrid clock in microseconds (:func:`~memoria.sync.trust.next_version`):
+above every version of the memory seen so far and at least the writer's clock, so the region
+that owns a memory repairs, with its next write, any divergence a peer forced on the others.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 
 from ..errors import MemoryNotFound, StoreError
 from ..sync.events import SyncEvent
+from ..sync.trust import next_version
 from .decrement import last_date
 from .dialects import Database, Tx
 from .outbox import enqueue
@@ -45,6 +51,7 @@ class Memories:
         memory_id: str | None = None,
     ) -> Memory:
         now = utcnow()
+        version = next_version(0)
         memory = Memory(
             id=memory_id or uuid.uuid4().hex,
             namespace=namespace,
@@ -54,7 +61,7 @@ class Memories:
             z_coord=z_coord,
             created_at=now,
             updated_at=now,
-            version=1,
+            version=version,
             origin=origin,
         )
         with self.db.transaction(write=True) as tx:
@@ -70,7 +77,7 @@ class Memories:
                     z_coord,
                     now,
                     now,
-                    1,
+                    version,
                     origin,
                     memory.x_as_of,
                 ),
@@ -104,7 +111,7 @@ class Memories:
                 z_coord=float(values["z_coord"]),
                 created_at=before.created_at,
                 updated_at=utcnow(),
-                version=before.version + 1,
+                version=next_version(before.version),
                 origin=origin,
                 # a new x_coord from the caller is as of today's state of the store
                 x_as_of=last_date(tx) if "x_coord" in changes else before.x_as_of,
@@ -134,13 +141,14 @@ class Memories:
             before = _get(tx, memory_id, lock=True)
             if before is None:
                 raise MemoryNotFound(memory_id)
-            version = before.version + 1
+            version = next_version(before.version)
             tx.execute(
                 "UPDATE memories SET deleted = TRUE, text = '', version = ?, origin = ?, "
                 "updated_at = ? WHERE id = ?",
                 (version, origin, utcnow(), memory_id),
             )
-            enqueue(tx, make_event(before))
+            # the event carries the tombstone's version: receivers order it as this store does
+            enqueue(tx, make_event(dataclasses.replace(before, version=version)))
         return before
 
     # -- reads -------------------------------------------------------------------------------

@@ -156,3 +156,4 @@ class InboundResult:
     skipped: int = 0
     stale: int = 0
     outcomes: list[DecrementOutcome] = field(default_factory=list)
+    refused: int = 0  # deletes of a memory another region wrote last

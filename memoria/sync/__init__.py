@@ -2,8 +2,8 @@
 
 ``events`` is the envelope and ``payload`` the memory payload, both as the guide's reference
 implementation puts them on the wire; ``redis``, ``postgres`` (with ``pg_journal`` and
-``pg_notes``) and ``memory`` are the backends, ``base`` what they share and ``sender`` what makes
-the guide's one-event ``publish()`` fast.
+``pg_notes``) and ``memory`` are the backends, ``base`` what they share, ``sender`` what makes
+the guide's one-event ``publish()`` fast and ``trust`` the bounds no peer's event may pass.
 
 The parts that also touch the store live in their own modules and are imported from there
 (the store imports this package's events, so this package must not import them):

@@ -1,6 +1,7 @@
 """The inbound applier: what a region does with the batches its subscription hands over.
 
-Each batch is filtered (own origin, namespace, privacy range, malformed or unsupported) and
+Each batch is filtered (own origin, namespace, privacy range, malformed or unsupported, and the
+bounds of :mod:`.trust`: size, time, version, a decrement's date and fencing token) and
 applied in one store transaction together with the new journal cursor, so a crash between
 "applied" and "acknowledged" cannot happen. Memories outside this region's range are never
 stored, and a copy held from before is dropped. A batch the store refuses is retried event by
@@ -9,7 +10,9 @@ event, so one bad event cannot hold up the stream.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +23,11 @@ from ..settings import SyncSettings
 from ..store import UNKNOWN_AS_OF, DecrementOutcome, InboundOp, InboundResult, Memory, MemoryStore
 from .events import Action, Delivery, EntityType, SyncEvent
 from .payload import memory_id_of, read_memory, version_of
+from .signing import verified
+from .trust import CLOCK_SKEW, LeaseFacts, Refusal, check_decrement, check_text, check_time
 
 log = logging.getLogger("memoria.sync")
+_LOG_EVERY = 60.0  # seconds between log lines of one refusal reason
 
 
 def memory_from_event(event: SyncEvent) -> Memory:
@@ -68,11 +74,17 @@ class InboundApplier:
         *,
         region: str,
         sync: Callable[[], SyncSettings],
+        today: Callable[[dt.timedelta], dt.date] | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.region = region
         self._sync = sync  # read per event: PATCH /settings applies live
+        #: this region's date (its decrement zone and clock) that far ahead of now
+        self._today = today or (lambda ahead: (dt.datetime.now(dt.UTC) + ahead).date())
+        #: what this region knows of its group's Lease; the runtime sets it when it watches one
+        self.lease_facts: Callable[[], LeaseFacts] = lambda: LeaseFacts(None)
+        self._warned: dict[str, tuple[float, int]] = {}  # reason: (logged at, not logged since)
         #: called with each decrement outcome applied from a peer (for logs, metrics, tests)
         self.on_remote_decrement: Callable[[DecrementOutcome], None] | None = None
 
@@ -84,6 +96,51 @@ class InboundApplier:
         self.metrics.dropped.labels(reason).inc()
         return InboundOp(event.event_id, "skip")
 
+    def _refuse(self, event: SyncEvent, refusal: Refusal) -> InboundOp:
+        """Skip an event a peer had no right to send, counted by reason; logged by id and
+        origin only (its content may be a forger's, and large)."""
+        self.metrics.dropped.labels(refusal.value).inc()
+        self._warn(
+            refusal.value,
+            "sync: refusing %s event %s from %r: %s",
+            event.action.value,
+            event.event_id,
+            (event.origin or "")[:64],
+            refusal.value,
+        )
+        return InboundOp(event.event_id, "skip")
+
+    def _warn(self, reason: str, message: str, *args: Any) -> None:
+        """Log at most one line per reason a minute: a peer's flood of bad events must not
+        flood the log too. The line after a quiet spell says how many were not logged."""
+        now = time.monotonic()
+        last, quiet = self._warned.get(reason, (-_LOG_EVERY, 0))
+        if now - last < _LOG_EVERY:
+            self._warned[reason] = (last, quiet + 1)
+            return
+        self._warned[reason] = (now, 0)
+        suffix = f" ({quiet} more like it not logged)" if quiet else ""
+        log.warning(message + suffix, *args)
+
+    def _check_signature(self, event: SyncEvent) -> Refusal | None:
+        sync = self._sync()
+        key = sync.key
+        if key is None:
+            return None  # no group key: nothing to verify against
+        ok = verified(event, key)
+        if ok is None:
+            return Refusal.UNSIGNED if sync.trust == "signed" else None
+        return None if ok else Refusal.BAD_SIGNATURE
+
+    def _check_decrement(self, event: SyncEvent) -> Refusal | None:
+        lease = self.lease_facts()
+        highest = 0
+        if lease.transitions is None:
+            highest = int(self.store.metadata().get("fencing_token") or 0)
+        return check_decrement(
+            event.payload, today=self._today(CLOCK_SKEW), lease=lease, highest_token=highest
+        )
+
     def classify(self, delivery: Delivery) -> InboundOp | None:
         """What to do with one delivery; None for a payload too malformed to have an id.
 
@@ -92,39 +149,62 @@ class InboundApplier:
         """
         event = delivery.event
         if event is None:
-            if delivery.reason == "foreign":
-                return None  # another channel's row in a shared journal: not ours to count
-            if delivery.reason == "unsupported":
-                self.metrics.dropped.labels(DropReason.UNSUPPORTED).inc()
-                log.debug("sync: skipping an event: %s", delivery.error)
-            else:
-                self.metrics.dropped.labels(DropReason.MALFORMED).inc()
-                log.warning("sync: skipping malformed event: %s (%r)", delivery.error, delivery.raw)
+            self._count_unread(delivery)
             return None
         self.metrics.received.inc()
         if event.origin == self.region:
             return self._skip(event, DropReason.OWN_ORIGIN)
+        refusal = self._check_signature(event)
+        if refusal is not None:
+            return self._refuse(event, refusal)
         if event.action is Action.DECREMENT:
             if event.entity_type is not EntityType.SCHEDULE:
                 return self._skip(event, DropReason.MALFORMED)
+            refusal = self._check_decrement(event)
+            if refusal is not None:
+                return self._refuse(event, refusal)
             return InboundOp(event.event_id, "decrement", event)
         if event.entity_type is not EntityType.MEMORY or event.action is Action.THREAD_UPDATE:
             return self._skip(event, DropReason.UNSUPPORTED)  # thread.updated: no threads here
         if not self._sync().shares_namespace(event.namespace):
             return self._skip(event, DropReason.NAMESPACE)
+        return self._classify_memory(event)
+
+    def _count_unread(self, delivery: Delivery) -> None:
+        if delivery.reason == "foreign":
+            return  # another channel's row in a shared journal: not ours to count
+        if delivery.reason == "unsupported":
+            self.metrics.dropped.labels(DropReason.UNSUPPORTED).inc()
+            log.debug("sync: skipping an event: %s", delivery.error)
+        elif delivery.reason == "oversized":
+            self.metrics.dropped.labels(Refusal.OVERSIZED.value).inc()
+            self._warn(
+                "oversized", "sync: skipping an event %s (at %s)", delivery.error, delivery.position
+            )
+        else:
+            self.metrics.dropped.labels(DropReason.MALFORMED).inc()
+            self._warn(
+                "malformed", "sync: skipping malformed event: %s (%r)", delivery.error, delivery.raw
+            )
+
+    def _classify_memory(self, event: SyncEvent) -> InboundOp:
+        """:meth:`classify` for a memory event of a namespace this region exchanges."""
+        now = dt.datetime.now(dt.UTC)
         try:
             if event.action is Action.DELETE:
-                return InboundOp(
-                    event.event_id,
-                    "withdraw",
-                    event,
-                    memory_id=memory_id_of(event),
-                    version=version_of(event),
-                )
+                version = version_of(event)
+                refusal = check_time(event.created_at, version, now)
+                if refusal is not None:
+                    return self._refuse(event, refusal)
+                gone = memory_id_of(event)
+                return InboundOp(event.event_id, "withdraw", event, memory_id=gone, version=version)
             memory = memory_from_event(event)
         except EventFormatError as exc:
-            log.warning("sync: skipping event %s: %s", event.event_id, exc)
+            self._warn("malformed", "sync: skipping event %s: %s", event.event_id, exc)
             return self._skip(event, DropReason.MALFORMED)
+        refusal = check_time(event.created_at, memory.version, now) or check_text(memory.text)
+        if refusal is not None:
+            return self._refuse(event, refusal)
         if not self._privacy().allows(memory.y_coord):
             # outside our range: never stored; a copy we hold from before is dropped
             self.metrics.dropped.labels(DropReason.PRIVACY_IN).inc()
@@ -157,6 +237,13 @@ class InboundApplier:
             self.metrics.dropped.labels(DropReason.DUPLICATE).inc(result.duplicates)
         if result.stale:
             self.metrics.dropped.labels(DropReason.STALE).inc(result.stale)
+        if result.refused:
+            self.metrics.dropped.labels(Refusal.FOREIGN_DELETE.value).inc(result.refused)
+            self._warn(
+                Refusal.FOREIGN_DELETE.value,
+                "sync: refused %d delete(s) of memories another region wrote later",
+                result.refused,
+            )
         for outcome in result.outcomes:
             self.metrics.decrements.labels(f"remote_{outcome.reason}").inc()
             if outcome.ran:
@@ -197,6 +284,7 @@ class InboundApplier:
                 total.skipped + r.skipped,
                 total.stale + r.stale,
                 [*total.outcomes, *r.outcomes],
+                total.refused + r.refused,
             )
         if not ops and position is not None:
             total = self.store.apply_inbound([], source=source, position=position)

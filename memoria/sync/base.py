@@ -55,6 +55,9 @@ class Backoff:
         self.current = self.first
 
 
+LossReporter = Callable[[str, int], None]
+
+
 class Subscription(threading.Thread):
     """A daemon thread that keeps a subscription alive forever: connect, catch up, stream;
     on any error log once, back off, reconnect, resume after the last handled position.
@@ -71,6 +74,12 @@ class Subscription(threading.Thread):
         self.stopping = threading.Event()
         self._outage_logged = False
         self._live: list[Delivery] = []
+        #: told of events the listener knows it lost (reason, count); the link counts them
+        self.report_loss: LossReporter | None = None
+
+    def lost(self, reason: str, count: int) -> None:
+        if self.report_loss is not None:
+            self.report_loss(reason, count)
 
     # subclasses: one connected session; return when stopping, raise on a broken connection
     @abstractmethod
@@ -92,10 +101,10 @@ class Subscription(threading.Thread):
         oldest dropped first) until a handler that failed takes them, also across reconnects."""
         self._live.extend(batch)
         if len(self._live) > _LIVE_KEPT:
-            log.warning(
-                "%s: dropping %d unapplied live events", self.name, len(self._live) - _LIVE_KEPT
-            )
+            dropped = len(self._live) - _LIVE_KEPT
+            log.warning("%s: dropping %d unapplied live events", self.name, dropped)
             del self._live[:-_LIVE_KEPT]
+            self.lost("live_overflow", dropped)
         if self._live:
             self.hand_over(self._live)
             self._live = []

@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from ..errors import EventFormatError, UnsupportedEvent
+from .trust import MAX_EVENT_BYTES, oversized
 
 
 class Action(StrEnum):
@@ -105,6 +106,12 @@ class SyncEvent:
     origin: str | None
     created_at: dt.datetime
     event_id: str
+    #: ``created_at`` as the sender gave it; None when it was missing or unreadable (then
+    #: ``created_at`` is the time of receipt, which must not order anything)
+    sent_at: dt.datetime | None
+    #: a received event's ``sig`` and the digest of what it says (see :mod:`.signing`)
+    signature: str | None
+    digest: bytes | None
 
     def __init__(  # noqa: PLR0917 - the contract's order, which callers use positionally
         self,
@@ -130,6 +137,11 @@ class SyncEvent:
             created_at = _now()
         elif created_at.tzinfo is None:
             created_at = created_at.replace(tzinfo=dt.UTC)
+        if payload:
+            try:  # checked here, not in publish(): a payload must be JSON to travel
+                orjson.dumps(payload)
+            except TypeError as exc:
+                raise EventFormatError(f"payload is not JSON: {exc}") from None
         init = object.__setattr__
         init(self, "action", _member(Action, action, "action", EventFormatError))
         init(self, "entity_type", _member(EntityType, entity_type, "entity_type", EventFormatError))
@@ -139,6 +151,9 @@ class SyncEvent:
         init(self, "origin", _optional_text(origin, "origin"))
         init(self, "created_at", created_at)
         init(self, "event_id", event_id)
+        init(self, "sent_at", created_at)
+        init(self, "signature", None)
+        init(self, "digest", None)
 
     def to_dict(self) -> dict[str, Any]:
         """The wire object: the reference's keys in its order, then ours. Keys the reference
@@ -212,19 +227,40 @@ class SyncEvent:
         init(event, "entity_id", entity_id if isinstance(entity_id, str) and entity_id else None)
         init(event, "payload", payload if isinstance(payload, dict) else {})
         init(event, "origin", origin if isinstance(origin, str) and origin else None)
-        init(event, "created_at", _time(data.get("created_at")))
+        sent_at = read_time(data.get("created_at"))
+        init(event, "created_at", sent_at or _now())  # the reference's rule: else "now"
         init(event, "event_id", event_id)
+        init(event, "sent_at", sent_at)
+        signature = data.get("sig")
+        if isinstance(signature, str):
+            init(event, "signature", signature[:128])
+            init(event, "digest", content_digest(data))
+        else:
+            init(event, "signature", None)
+            init(event, "digest", None)
         return event
 
 
-def _time(raw: Any) -> dt.datetime:
-    """The reference's rule: a missing or unreadable ``created_at`` is "now"."""
-    if not isinstance(raw, str):
-        return _now()
+_SIGNED = ("action", "entity_type", "namespace", "entity_id", "created_at", "payload", "origin")
+
+
+def content_digest(data: dict[str, Any]) -> bytes:
+    """SHA-256 of what a wire object says, the digest a signature covers (see
+    :mod:`.signing`): envelope, payload and ``event_id``; ``sig`` and transport markers
+    aside."""
+    content = {k: data.get(k) for k in _SIGNED}
+    content["event_id"] = data.get("event_id")
+    return hashlib.sha256(canonical(content)).digest()
+
+
+def read_time(raw: Any) -> dt.datetime | None:
+    """An ISO 8601 time as a peer sent it (UTC when it names no offset), None if unreadable."""
+    if not isinstance(raw, str) or len(raw) > 64:
+        return None
     try:
         created = dt.datetime.fromisoformat(raw)
     except ValueError:
-        return _now()
+        return None
     return created if created.tzinfo else created.replace(tzinfo=dt.UTC)
 
 
@@ -237,12 +273,17 @@ def content_key(data: dict[str, Any]) -> str:
     content["entity_id"] = data.get("entity_id")
     content["created_at"] = data.get("created_at")
     content["payload"] = data.get("payload")
+    return "c" + hashlib.sha256(canonical(content)).hexdigest()[:31]
+
+
+def canonical(content: dict[str, Any]) -> bytes:
+    """``content`` as bytes that do not depend on how it was spelled: keys sorted, no spaces,
+    numbers as PostgreSQL's JSONB spells them back."""
     content = _numbers_as_jsonb(content)
     try:
-        canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # an integer beyond 64 bits, say: the slower codec takes anything JSON
-        canonical = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
-    return "c" + hashlib.sha256(canonical).hexdigest()[:31]
+        return json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _numbers_as_jsonb(value: Any) -> Any:
@@ -260,7 +301,7 @@ def _numbers_as_jsonb(value: Any) -> Any:
 
 #: why a Delivery has no event: ``malformed`` and ``unsupported`` are counted as such;
 #: ``foreign`` is another channel's journal row, which only moves the position
-SkipReason = Literal["malformed", "unsupported", "foreign"]
+SkipReason = Literal["malformed", "unsupported", "foreign", "oversized"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +321,10 @@ class Delivery:
 
 
 def decode(raw: str | bytes, position: str | None) -> Delivery:
-    """A wire payload as a Delivery: the event, or why it is skipped."""
+    """A wire payload as a Delivery: the event, or why it is skipped. A payload over
+    :data:`~memoria.sync.trust.MAX_EVENT_BYTES` is not even parsed."""
+    if oversized(raw):
+        return Delivery(None, position, f"over {MAX_EVENT_BYTES} bytes", None, "oversized")
     try:
         return Delivery(SyncEvent.from_json(raw), position)
     except UnsupportedEvent as exc:

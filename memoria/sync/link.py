@@ -9,6 +9,7 @@ nothing), and the outbox is untouched across the switch, so nothing queued is lo
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -68,9 +69,15 @@ class SyncLink:
         self.subscription: Subscription | None = None
         self._lock = threading.RLock()
         self._reconnects_before = 0  # listener reconnects of subscriptions already closed
-        self.relay = OutboxRelay(store, metrics, region=self.region, outlet=self._lend)
+        self.relay = OutboxRelay(
+            store,
+            metrics,
+            region=self.region,
+            outlet=self._lend,
+            signing_key=lambda: self.settings.sync.key,
+        )
         self.applier = InboundApplier(
-            store, metrics, region=self.region, sync=lambda: self.settings.sync
+            store, metrics, region=self.region, sync=lambda: self.settings.sync, today=self._today
         )
         metrics.track_outbox(lambda: float(store.outbox_depth(self.region)))
         metrics.track_reconnects(lambda: float(self.reconnects))
@@ -78,6 +85,12 @@ class SyncLink:
     @property
     def region(self) -> str:
         return self.settings.region
+
+    def _today(self, ahead: dt.timedelta) -> dt.date:
+        """This region's date ``ahead`` of now, by the clock and zone its scheduler uses."""
+        offset = dt.timedelta(seconds=self.settings.scheduler.clock_offset_seconds)
+        now = dt.datetime.now(dt.UTC) + offset + ahead
+        return now.astimezone(self.settings.timezone).date()
 
     @property
     def privacy(self) -> PrivacyRange:
@@ -129,7 +142,11 @@ class SyncLink:
             self.subscription = self.backend.subscribe_batches(
                 lambda batch: self.applier.apply(batch, source), after=after
             )
+            self.subscription.report_loss = self._lost
             log.info("sync: subscribed to %s (resuming after %s)", self.backend.source_id, after)
+
+    def _lost(self, reason: str, count: int) -> None:
+        self.metrics.lost.labels(reason).inc(count)
 
     def _close(self) -> None:
         if self.subscription is not None:
@@ -143,12 +160,21 @@ class SyncLink:
     def apply_settings(self, new: MemoriaSettings) -> None:
         """Take new settings live. Connection changes open the new backend first (so a bad
         one changes nothing), then close the old backend and listener; the outbox is
-        untouched, so nothing queued is lost across the switch. Raises BrokerBusy, changing
-        nothing, if the relay is stuck inside a publish."""
+        untouched, so nothing queued is lost across the switch. Raises BrokerUnavailable,
+        changing nothing, if the new broker cannot be reached or refuses our credentials, and
+        BrokerBusy if the relay is stuck inside a publish."""
         old = self.settings.sync
         reconnect = any(getattr(old, f) != getattr(new.sync, f) for f in _CONNECTION_FIELDS)
         reconnect |= old.realtime_replication != new.sync.realtime_replication
         fresh = self.backend_factory(new.sync) if reconnect and new.sync.enabled else None
+        if fresh is not None:
+            try:
+                # connect and authenticate before anything changes: a wrong host, port,
+                # password or database is refused here, the running link left as it was
+                fresh.ping()
+            except BrokerUnavailable:
+                fresh.close()
+                raise
         if not self._lock.acquire(timeout=_LOCK_WAIT):
             if fresh is not None:
                 fresh.close()

@@ -16,12 +16,13 @@ of this runtime sent flat payloads). Privacy is ``privacy``, else ``snapshot.y_c
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EventFormatError
-from .events import SyncEvent
+from .events import SyncEvent, read_time
 
 #: the reference's table name for what we store (it also has ``short_term``)
 TABLE = "long_term"
@@ -176,15 +177,38 @@ def memory_id_of(event: SyncEvent, split: Parts | None = None) -> str:
 
 def version_of(event: SyncEvent, split: Parts | None = None) -> int:
     """Our ``version`` when the sender is one of ours; for a reference sender, which has no
-    versions, the event's time in microseconds, so its writes are ordered by when they were
-    made (and a later one wins over our small counters)."""
-    snapshot, _record = split or parts(event.payload)
+    versions, the time it made the event in microseconds, so its writes are ordered by when
+    they were made (as ours are: our versions are microseconds of a hybrid clock).
+
+    The time is the one the event says, never the time of receipt: ``created_at`` as sent,
+    else the content's own timestamps, else 1 (older than any timed write). So one event gets
+    one version in every region and however often it is heard.
+    """
+    snapshot, record = split or parts(event.payload)
     version = _first(event.payload.get("version"), snapshot.get("version"))
     if version is None:
-        return max(1, int(event.created_at.timestamp() * 1_000_000))
+        sent = event.sent_at or _content_time(event.payload, snapshot, record)
+        return max(1, int(sent.timestamp() * 1_000_000)) if sent is not None else 1
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise EventFormatError("payload.version must be a positive integer")
     return version
+
+
+def _content_time(
+    payload: dict[str, Any], snapshot: dict[str, Any], record: dict[str, Any]
+) -> dt.datetime | None:
+    for raw in (
+        payload.get("updated_at"),
+        snapshot.get("updated_at"),
+        record.get("updated_at"),
+        snapshot.get("timestamp"),
+        record.get("created_at"),
+        record.get("timestamp"),
+    ):
+        found = read_time(raw)
+        if found is not None:
+            return found
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,13 +165,25 @@ class Journal:
         )
 
     def read_sql(self) -> sql.Composed:
-        """Rows after a position, in id order: id, the event (NULL for another channel's
-        row), and the row's age in seconds (params: channel, after, limit)."""
-        ours = sql.SQL("channel IS NULL OR channel = %s" if self.has_channel else "%s IS NOT NULL")
+        """Rows after a position, in id order, bounded in bytes: id, the event (NULL for
+        another channel's row and for one over ``max`` bytes), the row's age in seconds, and
+        the event's size in bytes (NULL for another channel's row). Rows stop once those
+        before hold ``budget`` bytes, the first always comes (params: max, channel, after,
+        limit, budget)."""
+        ours = sql.SQL(
+            "channel IS NULL OR channel = %(channel)s"
+            if self.has_channel
+            else "%(channel)s IS NOT NULL"
+        )
         return sql.SQL(
-            "SELECT id, CASE WHEN {ours} THEN payload::text END,"
-            " EXTRACT(EPOCH FROM clock_timestamp() - created_at)::float8"
-            " FROM {table} WHERE id > %s ORDER BY id LIMIT %s"
+            "SELECT id, CASE WHEN mine AND size <= %(max)s THEN body END, age,"
+            " CASE WHEN mine THEN size END FROM ("
+            "  SELECT id, ({ours}) AS mine, b.body, octet_length(b.body) AS size,"
+            "  EXTRACT(EPOCH FROM clock_timestamp() - created_at)::float8 AS age,"
+            "  sum(octet_length(b.body)) OVER (ORDER BY id) AS running"
+            "  FROM {table} CROSS JOIN LATERAL (SELECT payload::text AS body) AS b"
+            "  WHERE id > %(after)s ORDER BY id LIMIT %(limit)s) AS r"
+            " WHERE running - size < %(budget)s ORDER BY id"
         ).format(ours=ours, table=self.ident)
 
     def last_id(self, conn: psycopg.Connection[Any]) -> int:

@@ -21,12 +21,16 @@ from typing import Any
 
 import orjson
 
+from .trust import MAX_EVENT_BYTES
+
 STUB_MARK = '{"truncated":true,'
 CHUNK_MARK = '{"action":"memoria.chunk",'
 CHUNK_NAMESPACE = "_memoria_chunk"
 _PIECE = 3000  # bytes of event per chunk: JSON-escaped in the note, at most twice that
-_MAX_CHUNKS = 10_000
-_MAX_PENDING = 1000  # events being joined at once (a sender that died mid-event leaves one)
+# an event over MAX_EVENT_BYTES is refused anyway: never join more chunks than it takes
+_MAX_CHUNKS = MAX_EVENT_BYTES // _PIECE + 2
+_MAX_PENDING = 64  # events being joined at once (a sender that died mid-event leaves one)
+_MAX_PENDING_CHARS = 8 * MAX_EVENT_BYTES  # characters held in all of them together
 _ENVELOPE = ("action", "entity_type", "namespace", "created_at", "entity_id", "origin", "event_id")
 
 
@@ -76,28 +80,47 @@ def notes_for(events: Sequence[tuple[str, str]], limit: int) -> list[str]:
 
 
 class Chunks:
-    """Joins an event's chunks; bounded, so chunks of senders that died cannot pile up."""
+    """Joins an event's chunks, bounded in events, chunks and characters held, so chunks of
+    senders that died (or a peer's flood of chunks that never complete) cannot pile up. A chunk
+    that contradicts the others of its event (another count, a piece too large) drops that
+    event alone; nothing here raises, so the notifications around it are kept."""
 
     def __init__(self) -> None:
-        self._pending: dict[str, list[str]] = {}
+        self._pending: dict[str, tuple[int, dict[int, str]]] = {}
+        self._chars = 0
+        self.dropped = 0  # events given up on (incomplete, contradictory or over the bounds)
+
+    def _drop(self, event_id: str) -> None:
+        _count, parts = self._pending.pop(event_id)
+        self._chars -= sum(map(len, parts.values()))
+        self.dropped += 1
 
     def add(self, note: str) -> str | None:
         """The whole event once its last chunk is in, else None (also for chunks not ours)."""
         try:
             data = orjson.loads(note)
             chunk, piece = data["chunk"], data["data"]
-            event_id, i, n = str(chunk["event_id"]), int(chunk["index"]), int(chunk["count"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            event_id, i, n = str(chunk["event_id"])[:64], int(chunk["index"]), int(chunk["count"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError):
             return None
-        if not isinstance(piece, str) or not 0 <= i < n <= _MAX_CHUNKS:
+        if not isinstance(piece, str) or len(piece) > _PIECE or not 0 <= i < n <= _MAX_CHUNKS:
             return None
-        if event_id not in self._pending and len(self._pending) >= _MAX_PENDING:
-            self._pending.pop(next(iter(self._pending)))
-        parts = self._pending.setdefault(event_id, [""] * n)
-        if len(parts) != n:
+        held = self._pending.get(event_id)
+        if held is not None and (held[0] != n or i in held[1]):
+            self._drop(event_id)  # contradicts what came before: give up on this event only
             return None
-        parts[i] = piece
-        if i == n - 1:
+        if held is None:
+            while self._pending and len(self._pending) >= _MAX_PENDING:
+                self._drop(next(iter(self._pending)))
+            held = self._pending[event_id] = (n, {})
+        held[1][i] = piece
+        self._chars += len(piece)
+        while self._chars > _MAX_PENDING_CHARS and self._pending:
+            self._drop(next(iter(self._pending)))  # the oldest first
+        if event_id not in self._pending:
+            return None
+        if len(held[1]) == n:
             del self._pending[event_id]
-            return "".join(parts)
+            self._chars -= sum(map(len, held[1].values()))
+            return "".join(held[1][k] for k in range(n))
         return None

@@ -41,11 +41,12 @@ from .base import BEGINNING, BatchHandler, Subscription, SyncBackend
 from .events import Delivery, decode
 from .pg_journal import JOURNAL_MARK, Journal, classify
 from .pg_notes import CHUNK_MARK, STUB_MARK, Chunks, notes_for
+from .trust import CATCH_UP_BYTES, MAX_EVENT_BYTES
 
 log = logging.getLogger("memoria.sync")
 
 NOTIFY_LIMIT = 7900  # bytes; PostgreSQL refuses payloads of 8000 bytes and more
-_CATCH_UP_BATCH = 2000
+_CATCH_UP_BATCH = 2000  # rows read at a time, at most CATCH_UP_BYTES of them
 _IDLE_RECHECK = 10.0  # seconds without notifications before re-reading the journal anyway
 # a row after a missing id: that id may be a reference publisher's INSERT (which takes no
 # advisory lock) still committing, so wait for it a little before skipping it as rolled back
@@ -129,9 +130,12 @@ class _PostgresSubscription(Subscription):
                 else:
                     direct.append(decode(payload, None))
             elif payload.startswith(CHUNK_MARK):
+                given_up = self.chunks.dropped
                 joined = self.chunks.add(payload)
                 if joined is not None:
                     direct.append(decode(joined, None))
+                if self.chunks.dropped > given_up:
+                    self.lost("chunks", self.chunks.dropped - given_up)
             elif payload.startswith(STUB_MARK):
                 continue  # for reference receivers: the chunks that follow carry the event
             else:
@@ -147,14 +151,26 @@ class _PostgresSubscription(Subscription):
         query = self.journal.read_sql()
         while not self.stopping.is_set():
             last = self._last_id()
-            rows = conn.execute(query, (self.backend.channel, last, _CATCH_UP_BATCH)).fetchall()
+            params = {
+                "max": MAX_EVENT_BYTES,
+                "channel": self.backend.channel,
+                "after": last,
+                "limit": _CATCH_UP_BATCH,
+                "budget": CATCH_UP_BYTES,
+            }
+            rows = conn.execute(query, params).fetchall()
+            if not rows:
+                return False
             batch: list[Delivery] = []
-            for jid, text, age in rows:
+            for jid, text, age, size in rows:
                 if jid != last + 1 and not self._gap_settled(last + 1, age):
                     self.hand_over(batch)
                     return True
                 last = jid
-                if text is None:  # another channel's row: only the position moves over it
+                if size is not None and text is None:  # ours, but over the limit: not read
+                    error = f"{size} bytes, over {MAX_EVENT_BYTES}"
+                    batch.append(Delivery(None, str(jid), error, None, "oversized"))
+                elif text is None:  # another channel's row: only the position moves over it
                     if batch and batch[-1].reason == "foreign":
                         batch.pop()
                     batch.append(Delivery(None, str(jid), reason="foreign"))
@@ -162,8 +178,6 @@ class _PostgresSubscription(Subscription):
                     batch.append(decode(text, str(jid)))
             self._gap = None
             self.hand_over(batch)
-            if len(rows) < _CATCH_UP_BATCH:
-                return False
         return False
 
     def _gap_settled(self, missing: int, age: float) -> bool:

@@ -43,6 +43,7 @@ from ..errors import BrokerRefused, BrokerUnavailable
 from ..settings import mask_url
 from .base import BEGINNING, BatchHandler, Subscription, SyncBackend
 from .events import Delivery, decode
+from .trust import CATCH_UP_BYTES, MAX_EVENT_BYTES
 
 # KEYS[1]: the Stream; ARGV[1]: the channel; ARGV[2]: MAXLEN; ARGV[3..]: encoded events
 _PUBLISH_SCRIPT = """
@@ -52,8 +53,43 @@ for i = 3, #ARGV do
 end
 return #ARGV - 2
 """
+# Reads the Stream after a position, bounded in bytes, on a primary or a read-only replica.
+# KEYS[1]: the Stream; ARGV[1]: read after this id; ARGV[2]: at most this many entries;
+# ARGV[3]: an entry over this many bytes comes back as its size, not its content; ARGV[4]:
+# no more entries once those returned hold this many bytes (the first always comes).
+# Returns {first id the Stream still holds, 1 if stopped by the budget, id, event, id, ...}.
+_READ_SCRIPT = """#!lua flags=no-writes
+local out = {'0-0', 0}
+if redis.call('EXISTS', KEYS[1]) == 0 then return out end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+for i = 1, #info, 2 do
+  if info[i] == 'recorded-first-entry-id' then out[1] = info[i + 1] end
+end
+local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+local limit, budget, used = tonumber(ARGV[3]), tonumber(ARGV[4]), 0
+for _, entry in ipairs(entries) do
+  local event, fields = '', entry[2]
+  for j = 1, #fields, 2 do
+    if fields[j] == 'event' then event = fields[j + 1] end
+  end
+  if #event > limit then
+    out[#out + 1] = entry[1]
+    out[#out + 1] = #event
+  else
+    if used > 0 and used + #event > budget then
+      out[2] = 1
+      break
+    end
+    used = used + #event
+    out[#out + 1] = entry[1]
+    out[#out + 1] = event
+  end
+end
+return out
+"""
 #: how our messages on the channel begin (the rest is the event)
 STREAM_MARK = '{"stream_id":"'
+log = logging.getLogger("memoria.sync")
 _BROKEN = (redis.ConnectionError, redis.TimeoutError, OSError)
 _FIELD = "event"
 _BATCH = 1000  # Stream entries read, and channel messages taken, at a time
@@ -105,6 +141,7 @@ class _RedisSubscription(Subscription):
         self.backend = backend
         self.block = block_ms / 1000
         self.client: redis.Redis | None = None
+        self._trim_reported: str | None = None
 
     def session(self) -> None:
         client = _client(self.backend.url, socket_timeout=self.block + 5)
@@ -129,7 +166,7 @@ class _RedisSubscription(Subscription):
                 if backlog or heard or not direct:
                     # one Stream batch per turn, so the channel is drained between batches of
                     # a long catch-up and Redis never has to drop us for a full output buffer
-                    backlog = self._read_stream(client) == _BATCH
+                    backlog = self._read_stream(client)
         finally:
             pubsub.close()
             client.close()
@@ -159,12 +196,52 @@ class _RedisSubscription(Subscription):
                 break
         return direct, heard
 
-    def _read_stream(self, client: redis.Redis) -> int:
+    def _read_stream(self, client: redis.Redis) -> bool:
+        """Hand over the next Stream entries (at most CATCH_UP_BYTES of them); True if more
+        may follow at once. An entry over MAX_EVENT_BYTES is handed over as such, unread."""
         start = "0-0" if self.position in (None, BEGINNING) else str(self.position)
-        reply: Any = client.xread({self.backend.stream: start}, count=_BATCH)
-        entries = reply[0][1] if reply else []
-        self.hand_over([decode(fields.get(_FIELD, ""), eid) for eid, fields in entries])
-        return len(entries)
+        reply: Any = self.backend.read_script(
+            keys=[self.backend.stream],
+            args=[start, _BATCH, MAX_EVENT_BYTES, CATCH_UP_BYTES],
+            client=client,
+        )
+        first, stopped, flat = str(reply[0]), bool(reply[1]), reply[2:]
+        self._check_trimmed(start, first)
+        batch = []
+        for eid, body in zip(flat[::2], flat[1::2], strict=True):
+            if isinstance(body, int):
+                error = f"{body} bytes, over {MAX_EVENT_BYTES}"
+                batch.append(Delivery(None, str(eid), error, None, "oversized"))
+            else:
+                batch.append(decode(body, str(eid)))
+        self.hand_over(batch)
+        return stopped or len(batch) == _BATCH
+
+    def _check_trimmed(self, position: str, first: str) -> None:
+        """Say so when the Stream no longer holds what follows our position: MAXLEN trimmed
+        it while this region was away or behind, and those events are gone for it."""
+        if position == "0-0" or first == "0-0" or _entry_id(first) <= _entry_id(position):
+            return
+        if self._trim_reported == first:
+            return
+        self._trim_reported = first
+        log.error(
+            "%s: the Stream was trimmed past this region's position %s (it now starts at "
+            "%s): the events in between are lost here; raise the journal's length or keep "
+            "regions closer to it",
+            self.name,
+            position,
+            first,
+        )
+        self.lost("trimmed", 1)
+
+
+def _entry_id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return (0, 0)
 
 
 class RedisSyncBackend(SyncBackend):
@@ -185,6 +262,7 @@ class RedisSyncBackend(SyncBackend):
         self.block_ms = block_ms
         self._publisher = _client(url, socket_timeout=5)
         self._script = self._publisher.register_script(_PUBLISH_SCRIPT)
+        self.read_script = self._publisher.register_script(_READ_SCRIPT)
         self._subs: list[Subscription] = []
         self._primary: tuple[str, redis.Redis] | None = None  # (url, client) past a replica
         self.promoted = False  # this backend promoted its replica (REPLICAOF NO ONE)
@@ -275,7 +353,7 @@ class RedisSyncBackend(SyncBackend):
     def ping(self) -> None:
         try:
             self._publisher.ping()
-        except _BROKEN as exc:
+        except redis.RedisError as exc:  # unreachable, a wrong password, no such database
             raise BrokerUnavailable(f"redis at {mask_url(self.url)}: {exc}") from None
 
     def journal_length(self) -> int:

@@ -27,6 +27,7 @@ from ..metrics import DropReason, RuntimeMetrics
 from ..privacy import PrivacyRange
 from ..store import MemoryStore
 from .base import Backoff, SyncBackend
+from .signing import sign_encoded
 
 log = logging.getLogger("memoria.sync")
 
@@ -41,9 +42,16 @@ _REJECTION_SHOWN = 600.0  # seconds /healthz reports a dropped event after the l
 
 class OutboxRelay:
     def __init__(
-        self, store: MemoryStore, metrics: RuntimeMetrics, *, region: str, outlet: Outlet
+        self,
+        store: MemoryStore,
+        metrics: RuntimeMetrics,
+        *,
+        region: str,
+        outlet: Outlet,
+        signing_key: Callable[[], bytes | None] = lambda: None,
     ) -> None:
         self.store = store
+        self._signing_key = signing_key  # read per batch: PATCH /settings applies live
         self.metrics = metrics
         self.region = region
         self._outlet = outlet
@@ -88,6 +96,9 @@ class OutboxRelay:
                 for r in batch
                 if r.y_coord is None or privacy.allows(r.y_coord)
             ]
+            key = self._signing_key()
+            if key is not None:
+                events = [(event_id, sign_encoded(body, key)) for event_id, body in events]
             if len(events) < len(batch):
                 self.metrics.dropped.labels(DropReason.PRIVACY_OUT).inc(len(batch) - len(events))
             try:
