@@ -349,4 +349,8 @@ def public_health(report: dict[str, Any]) -> dict[str, Any]:
             "watch_connected": leadership.get("watch_connected"),
             "seconds_disconnected": leadership.get("seconds_disconnected"),
         },
+        # which date the store last decremented and which region ran it: names, no free text
+        "decrement": {
+            k: v for k, v in (report.get("decrement") or {}).items() if k in ("date", "by", "at")
+        },
     }

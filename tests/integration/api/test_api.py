@@ -299,3 +299,12 @@ def test_healthz_without_the_key_gives_states_not_details(client: TestClient) ->
     full = client.get("/healthz", headers=KEY).json()
     assert full["store"]["url"].startswith("sqlite:///")
     assert "detail" in full["sync"]
+
+
+def test_healthz_names_the_last_decrement_and_who_ran_it(client: TestClient) -> None:
+    # what `kubectl memoria status` shows per region, read without the key
+    ran = client.post("/admin/decrement", headers=KEY).json()
+    assert ran["reason"] in ("ran", "already"), ran  # the start-up catch-up may have run it
+    public = client.get("/healthz").json()["decrement"]
+    assert public["date"] == ran["date"]
+    assert public["by"] == "api-test"
