@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from .errors import BrokerBusy, LeadershipError, MemoryNotFound, NotConfigured, SyncError
+from .httpmetrics import RequestMetrics
 from .leadership import request_promotion
 from .limits import BodyLimit, capped_problems
 from .runtime import Runtime
@@ -94,6 +95,7 @@ def create_app(settings: MemoriaSettings, *, disable_schedulers: bool = False) -
     )
     app.state.runtime = runtime
     app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=runtime.metrics)  # outermost: sees every answer
 
     def api_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
         expected = runtime.settings.api_key
