@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any
 
 from memoria.contract import (
@@ -26,21 +25,11 @@ from memoria.contract import (
     lease_name,
 )
 
+from .exits import Exit
 from .kube import Cluster, NotFound
 from .status import leases_path, regions_path
 
 POLL = 0.25
-
-
-class Exit(IntEnum):
-    """What the plugin's exit status means."""
-
-    OK = 0
-    PROBLEM = 1  # status: something needs a look; promote: refused
-    USAGE = 2  # argparse's own code for a bad command line
-    NOT_FOUND = 3  # no such region, or no region in the namespace
-    API = 4  # the API server could not be asked (config, connection, permission)
-    TIMEOUT = 5  # the request was written but the operator did not answer in time
 
 
 @dataclass

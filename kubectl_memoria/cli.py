@@ -1,7 +1,7 @@
 """``kubectl memoria``: the command line (installed as the ``kubectl-memoria`` console script, so
 a kubectl on the same PATH finds it as a plugin).
 
-Exit status (see :class:`.actions.Exit`): 0 fine, 1 something needs a look (status) or the
+Exit status (see :class:`.exits.Exit`): 0 fine, 1 something needs a look (status) or the
 operator refused (promote), 2 bad command line, 3 no such region or no region at all,
 4 the API server could not be asked, 5 the operator did not answer in time.
 """
@@ -13,11 +13,15 @@ import datetime as dt
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .actions import Exit, Outcome, promote, set_fenced
+from .exits import Exit
 from .kube import Cluster, KubeError
-from .render import Output, Painter, dump, event_lines, status_lines, use_colour
+from .render import Output, Painter, dump, status_lines, use_colour
 from .status import read
+
+if TYPE_CHECKING:
+    from .actions import Outcome
 
 EPILOG = """\
 exit status: 0 fine, 1 a problem is shown (status) or the promotion was refused,
@@ -68,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _status(cluster: Cluster, namespace: str, group: str | None, output: Output) -> Exit:
+def _status(cluster: Cluster, namespace: str, group: str | None, output: Output) -> int:
     groups = read(cluster, namespace, group).report()
     if output != "table":
         dump([g.to_dict() for g in groups], output)
@@ -82,7 +86,9 @@ def _status(cluster: Cluster, namespace: str, group: str | None, output: Output)
     return Exit.PROBLEM if any(g.problems for g in groups) else Exit.OK
 
 
-def _show(outcome: Outcome, output: Output) -> Exit:
+def _show(outcome: Outcome, output: Output) -> int:
+    from .render import event_lines
+
     if output != "table":
         dump(outcome.to_dict(), output)
         return outcome.exit
@@ -96,7 +102,7 @@ def _show(outcome: Outcome, output: Output) -> Exit:
     return outcome.exit
 
 
-def _report(cluster: Cluster, args: argparse.Namespace, namespace: str) -> Exit:
+def _report(cluster: Cluster, args: argparse.Namespace, namespace: str) -> int:
     from .report import build_bundle, summary
 
     bundle = build_bundle(cluster, namespace, args.operator_namespace)
@@ -108,13 +114,15 @@ def _report(cluster: Cluster, args: argparse.Namespace, namespace: str) -> Exit:
     return Exit.OK
 
 
-def run(args: argparse.Namespace) -> Exit:
+def run(args: argparse.Namespace) -> int:
     cluster = Cluster.from_kubeconfig(args.kubeconfig, args.context)
     namespace = args.namespace or cluster.namespace
     if args.command == "status":
         return _status(cluster, namespace, args.group, args.output)
     if args.command == "report":
         return _report(cluster, args, namespace)
+    from .actions import promote, set_fenced
+
     wait = not args.no_wait
     if args.command == "promote":
         outcome = promote(cluster, namespace, args.region, wait=wait, timeout=args.timeout)

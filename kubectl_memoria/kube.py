@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 class KubeError(Exception):
     """The API server could not be asked, or refused."""
@@ -126,7 +128,8 @@ class Cluster:
         doc: dict[str, Any] = {}
         for path in _kubeconfig_files(kubeconfig):
             try:
-                part = yaml.safe_load(path.read_text()) or {}
+                # the C loader when PyYAML has it: kubeconfigs can be large
+                part = yaml.load(path.read_text(), Loader=_LOADER) or {}  # noqa: S506
             except OSError as exc:
                 if kubeconfig:
                     raise ConfigError(f"cannot read kubeconfig {path}: {exc.strerror}") from exc

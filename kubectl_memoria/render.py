@@ -9,8 +9,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Literal, TextIO
 
-import yaml
-
 from .status import GroupStatus
 
 Output = Literal["table", "json", "yaml"]
@@ -134,6 +132,8 @@ def dump(data: Any, output: Output, stream: TextIO = sys.stdout) -> None:
     if output == "json":
         stream.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     else:
+        import yaml
+
         stream.write(yaml.safe_dump(data, sort_keys=True))
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import urllib.error
-import urllib.request
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any, Literal
 
 from memoria.contract import DEFAULT_GROUP, GROUP, PLURAL, VERSION, lease_name
@@ -206,17 +206,26 @@ def _reason(data: bytes) -> str:
 
 
 def _health_via_url(url: str) -> Health:
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
+    """GET ``url`` directly (http.client: urllib.request costs a tenth of a second to import,
+    a tenth of the budget). Redirects are not followed, as the operator's probes do not."""
+    parts = urllib.parse.urlsplit(url)
+    conn_type = HTTPSConnection if parts.scheme == "https" else HTTPConnection
+    conn = conn_type(parts.hostname or "", parts.port, timeout=HEALTH_TIMEOUT)
     try:
-        with urllib.request.urlopen(request, timeout=HEALTH_TIMEOUT) as resp:  # noqa: S310
-            return Health("healthUrl", body=json.loads(resp.read()))
-    except urllib.error.HTTPError as exc:
-        try:
-            return Health("healthUrl", body=json.loads(exc.read()))
-        except ValueError:
-            return Health("healthUrl", error=f"health URL answered {exc.code}")
-    except (OSError, ValueError) as exc:
+        conn.request("GET", parts.path or "/", headers={"Accept": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+    except (OSError, HTTPException) as exc:
         return Health("healthUrl", error=f"health URL: {exc}")
+    finally:
+        conn.close()
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and resp.status in (200, 503):
+        return Health("healthUrl", body=body)
+    return Health("healthUrl", error=f"health URL answered {resp.status}")
 
 
 def region_health(cluster: Cluster, namespace: str, region: dict[str, Any]) -> Health:
