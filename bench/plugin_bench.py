@@ -30,10 +30,15 @@ from testbed.plugin import kubectl_memoria, plugin_bin
 from testbed.processes import free_port, wait_until
 from testbed.regions import Brokers, RegionBed, health_failover, region_manifest
 
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+# the product's default timings (not the test bed's fast ones): ten regions' probes on a busy
+# two-core machine must not time out and turn regions Unhealthy while we measure
+OPERATOR_ENV = {
+    **BED_OPERATOR_ENV,
+    "MEMORIA_OPERATOR_LEASE_DURATION_SECONDS": "10",
+    "MEMORIA_OPERATOR_RENEW_INTERVAL_SECONDS": "2",
+    "MEMORIA_OPERATOR_RETRY_INTERVAL_SECONDS": "1",
+    "MEMORIA_OPERATOR_HEALTH_PROBE_TIMEOUT_SECONDS": "2",
+}
 
 
 def main() -> None:
@@ -48,7 +53,7 @@ def main() -> None:
     redis = RedisServer()
     redis.start()
     try:
-        with operator_on_local_plane(BED_OPERATOR_ENV, "--no-leader-election") as (_, kube, _op):
+        with operator_on_local_plane(OPERATOR_ENV, "--no-leader-election") as (_, kube, _op):
             ns = kube.create_namespace("bench")
             ports = {name: free_port() for name in names}
             for i, name in enumerate(names):
@@ -73,11 +78,14 @@ def main() -> None:
 
                 wait_until(settled, 120, "every region Ready and healthy, one leading")
                 walls = []
+                codes = []
                 for _ in range(args.runs):
                     started = time.perf_counter()
                     proc = kubectl_memoria(kube, bin_dir, "status", "-n", ns)
                     walls.append(time.perf_counter() - started)
-                    assert proc.returncode == 0, proc.stdout + proc.stderr
+                    # 1 (a region turned Unhealthy meanwhile) is an answer too; others are not
+                    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+                    codes.append(proc.returncode)
                 print(proc.stdout)
                 cluster = Cluster.from_kubeconfig(str(kube.kubeconfig))
                 inner = []
@@ -101,17 +109,21 @@ def main() -> None:
     finally:
         redis.destroy()
 
+    def p90(values: list[float]) -> float:
+        return statistics.quantiles(values, n=10, method="inclusive")[-1]
+
     def line(what: str, values: list[float]) -> str:
         return (
             f"{what:44s} p50 {statistics.median(values) * 1000:6.0f} ms   "
-            f"p90 {pct(values, 0.9) * 1000:6.0f} ms   max {max(values) * 1000:6.0f} ms"
+            f"p90 {p90(values) * 1000:6.0f} ms   max {max(values) * 1000:6.0f} ms"
         )
 
     print(f"kubectl memoria status, {len(names)} regions in one group, {args.runs} runs:")
     print(line("wall clock through kubectl (what a user waits)", walls))
     print(line("reading alone (API + 10 /healthz, in process)", inner))
     print(line("kubectl get mreg, for comparison", bare))
-    print(f"goal < 1000 ms: {'met' if pct(walls, 0.9) < 1.0 else 'NOT met'} (p90)")
+    print(f"exit codes: {codes}")
+    print(f"goal < 1000 ms: {'met' if p90(walls) < 1.0 else 'NOT met'} (p90)")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ import http.client
 import json
 import os
 import ssl
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -84,6 +82,8 @@ def _named(items: list[dict[str, Any]] | None, name: str, what: str) -> dict[str
 
 def _exec_credential(spec: dict[str, Any]) -> dict[str, Any]:
     """Run a kubeconfig ``exec`` credential plugin; its ``status`` (token or certificate)."""
+    import subprocess  # imported on use, like tempfile below: most kubeconfigs need neither
+
     env = {**os.environ, **{e["name"]: e["value"] for e in spec.get("env") or []}}
     env["KUBERNETES_EXEC_INFO"] = json.dumps(
         {
@@ -278,6 +278,8 @@ def _material(user: dict[str, Any], key: str, base: Path) -> bytes | None:
 
 def _load_chain(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:
     """``load_cert_chain`` reads files only: write both to a private directory, load, remove."""
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="kubectl-memoria-") as tmp:
         cert_path, key_path = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
         for path, data in ((cert_path, cert), (key_path, key)):
