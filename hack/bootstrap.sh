@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install everything the demo and the tests need on a fresh Debian machine: redis-server and
-# PostgreSQL from Debian, a virtualenv in .venv with the project and its test tools, and the
-# control-plane binaries built from the Go module proxy (cached in ~/.cache/memoria-operator).
+# Install everything the demo and the tests need on a fresh Debian machine: redis-server,
+# PostgreSQL and prometheus (promtool, and the server the dashboard test scrapes with) from
+# Debian, a virtualenv in .venv with the project and its test tools, and the control-plane
+# binaries built from the Go module proxy (cached in ~/.cache/memoria-operator).
 # For the test bed's real node (python -m testbed up --node, the `node` tests) also containerd,
 # runc, the CNI plugins, iptables, debootstrap and docker.io (dockerd only builds images) from
 # Debian, and kubelet, kube-scheduler and kube-proxy from the Go module proxy; MEMORIA_NODE=0
@@ -16,6 +17,8 @@ sudo_if_needed() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+# promtool tests the alert rules; prometheus scrapes the test bed in the dashboard test
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || packages+=(prometheus)
 if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
   packages+=(postgresql)
 fi

@@ -2,8 +2,9 @@
 """Fail if the project's packages import each other in a cycle.
 
 Usage: ``python hack/check-import-cycles.py [PACKAGE_DIR ...]`` (default: ``memoria``,
-``operator/memoria_operator`` and ``testbed``). Each directory is a package; its parent directory
-is where imports resolve from. Exits 1 and prints every cycle found, 0 if there is none.
+``operator/memoria_operator``, ``kubectl_memoria`` and ``testbed``). Each directory is a
+package; its parent directory is where imports resolve from. Exits 1 and prints every cycle
+found, 0 if there is none.
 
 Only imports that run when a module is loaded count: those at module level, in class bodies and
 under ``try``/``with``/``if``, but not those inside functions (run later, on first call) nor those
@@ -20,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_PACKAGES = ("memoria", "operator/memoria_operator", "testbed")
+DEFAULT_PACKAGES = ("memoria", "operator/memoria_operator", "kubectl_memoria", "testbed")
 
 
 def module_files(package_dir: Path) -> Iterator[tuple[str, Path, bool]]:

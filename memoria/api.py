@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from .errors import BrokerBusy, LeadershipError, MemoryNotFound, NotConfigured, SyncError
+from .httpmetrics import RequestMetrics
 from .leadership import request_promotion
 from .limits import BodyLimit, capped_problems
 from .runtime import Runtime
@@ -94,6 +95,7 @@ def create_app(settings: MemoriaSettings, *, disable_schedulers: bool = False) -
     )
     app.state.runtime = runtime
     app.add_middleware(BodyLimit, limit=runtime.settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=runtime.metrics)  # outermost: sees every answer
 
     def api_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
         expected = runtime.settings.api_key
@@ -348,5 +350,9 @@ def public_health(report: dict[str, Any]) -> dict[str, Any]:
             "held": leadership.get("held"),
             "watch_connected": leadership.get("watch_connected"),
             "seconds_disconnected": leadership.get("seconds_disconnected"),
+        },
+        # which date the store last decremented and which region ran it: names, no free text
+        "decrement": {
+            k: v for k, v in (report.get("decrement") or {}).items() if k in ("date", "by", "at")
         },
     }

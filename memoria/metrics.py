@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import StrEnum
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class DropReason(StrEnum):
@@ -96,6 +96,24 @@ class RuntimeMetrics:
             "Times the sync listener lost its connection and reconnected (since start)",
             registry=r,
         )
+
+        self.requests = Counter(
+            "memoria_http_requests",
+            "API requests answered, by method, route template and status code",
+            ["method", "route", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "memoria_http_request_duration_seconds",
+            "Time to answer an API request, by method and route template",
+            ["method", "route"],
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+
+    def observe_request(self, method: str, route: str, code: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(code)).inc()
+        self.latency.labels(method, route).observe(seconds)
 
     def track_last_decrement(self, timestamp: Callable[[], float]) -> None:
         Gauge(

@@ -152,6 +152,19 @@ class Runtime:
             }
         return {"state": HealthState.OK, "url": self.store.url_for_humans}
 
+    def _last_decrement(self) -> dict[str, Any]:
+        """The last decrement the store recorded: which date, run by which region, when."""
+        try:
+            meta = self.store.metadata()
+        except Exception:
+            # the store section of /healthz already says why it cannot be read
+            return {}
+        return {
+            "date": meta.get("last_decrement_date"),
+            "by": meta.get("last_decrement_by"),
+            "at": meta.get("last_decrement_at"),
+        }
+
     def health(self) -> dict[str, Any]:
         store = self._store_health()
         sync = self.sync.health()
@@ -179,4 +192,5 @@ class Runtime:
             },
             "scheduler": scheduler,
             "leadership": leadership,
+            "decrement": self._last_decrement() if store["state"] is HealthState.OK else {},
         }

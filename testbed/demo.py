@@ -5,8 +5,8 @@ kube-controller-manager (built from the Go module proxy on first use, then cache
 operator (``memoria-operator run``), a Redis primary with a ``replicaof`` Redis for region B
 (the guide's topology), and each region's ``memoria serve`` (playing the pods, since no kubelet
 runs here). Then it shows a write replicating, a private memory staying home, the daily
-decrement running once, a switchover and a failover, and stops everything it started, also on
-Ctrl-C.
+decrement running once, a switchover and a failover, ends with the user's day-2 view
+(``kubectl memoria status``), and stops everything it started, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .cluster import install_crd, start_operator
 from .harness import BED_OPERATOR_ENV
 from .kube import KubeTarget
 from .paths import CRD
+from .plugin import kubectl_memoria, plugin_bin
 from .regions import LEASE, RegionBed, region_bed
 
 NAMESPACE = "memoria-demo"
@@ -180,6 +181,15 @@ def walk_through(t: Timeline, kube: KubeTarget, bed: RegionBed) -> None:
         t.note(f"  {obj:9s} {reason:19s} {message[:80]}")
 
 
+def day_two_view(t: Timeline, kube: KubeTarget, workdir: Path) -> None:
+    """The user's day-2 view: the kubectl plugin, found by a real kubectl on PATH."""
+    t.step("The day-2 view: kubectl memoria status (the plugin, found by kubectl on PATH)")
+    t.note(f"$ kubectl memoria status -n {NAMESPACE}")
+    proc = kubectl_memoria(kube, plugin_bin(workdir / "bin"), "status", "-n", NAMESPACE)
+    t.note(proc.stdout or proc.stderr)
+    t.note(f"(exit {proc.returncode}: 1 means a problem is listed above; region-b was killed)")
+
+
 def run(keep: bool) -> int:
     t = Timeline()
     t.step(
@@ -215,6 +225,7 @@ def run(keep: bool) -> int:
             }
             bed.bring_up()
             walk_through(t, kube, bed)
+            day_two_view(t, kube, tmp)
             if keep:
                 t.step(f"Keeping everything up; export KUBECONFIG={plane.kubeconfig}; Ctrl-C stops")
                 while True:

@@ -56,6 +56,14 @@ class OperatorMetrics:
     def set_holder(
         self, namespace: str, group: str, regions: list[str], holder: str | None
     ) -> None:
+        # imported here: the leadership package imports this module when it loads
+        from .leadership.lease import TransitionReason
+
+        # a group's series exist from the start, at zero: a rate or increase() over them then
+        # sees the first failover and the first transition of each kind, not only later ones
+        self.failover_seconds.labels(namespace, group)
+        for reason in TransitionReason:
+            self.transitions.labels(namespace, group, reason)
         for name in regions:
             self.leader.labels(namespace, group, name).set(1 if name == holder else 0)
 

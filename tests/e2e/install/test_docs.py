@@ -22,6 +22,7 @@ from testbed.cluster import mark_available
 from testbed.harness import running_operator
 from testbed.kube import KubeTarget
 from testbed.paths import REPO
+from testbed.plugin import plugin_bin
 
 pytestmark = pytest.mark.e2e
 DOC_ORDER = [
@@ -50,12 +51,15 @@ def test_every_doc_is_listed() -> None:
     assert docs - {"docs/memoriaregion.md"} <= set(DOC_ORDER)
 
 
-def test_doc_commands_run_as_printed(crd_installed: KubeTarget, binaries: Binaries) -> None:
+def test_doc_commands_run_as_printed(
+    crd_installed: KubeTarget, binaries: Binaries, tmp_path: Path
+) -> None:
     kube = crd_installed
+    plugin = plugin_bin(tmp_path / "bin")  # `kubectl memoria ...` as a user has it on PATH
     env = {
         **os.environ,
         "KUBECONFIG": str(kube.kubeconfig),
-        "PATH": f"{binaries.kubectl.parent}:{binaries.helm.parent}:{os.environ['PATH']}",
+        "PATH": f"{binaries.kubectl.parent}:{binaries.helm.parent}:{plugin}:{os.environ['PATH']}",
     }
     stop = threading.Event()
 

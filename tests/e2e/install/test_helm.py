@@ -88,6 +88,39 @@ def test_lint_and_template_are_clean(kube: KubeTarget, binaries: Binaries) -> No
             assert "*" not in rule["verbs"] and "*" not in rule["resources"]
 
 
+def test_alerts_and_dashboard_render_when_enabled(kube: KubeTarget, binaries: Binaries) -> None:
+    rendered = helm(
+        kube,
+        binaries,
+        "template",
+        "obs",
+        str(CHART),
+        "-n",
+        "memoria-system",
+        "--set",
+        "alerts.enabled=true",
+        "--set",
+        "alerts.labels.release=prometheus",
+        "--set",
+        "dashboard.enabled=true",
+        "--set",
+        "dashboard.annotations.grafana_folder=Memoria",
+    ).stdout
+    docs = {d["kind"]: d for d in yaml.safe_load_all(rendered) if d}
+    rule = docs["PrometheusRule"]
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    dashboard = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "Memoria"}
+    assert json.loads(dashboard["data"]["memoria.json"]) == json.loads(
+        (CHART / "files" / "dashboard.json").read_text()
+    )
+    # off by default
+    plain = helm(kube, binaries, "template", "obs", str(CHART)).stdout
+    assert "PrometheusRule" not in plain and "grafana_dashboard" not in plain
+
+
 @pytest.mark.parametrize(
     ("flag", "needle"),
     [
@@ -97,6 +130,8 @@ def test_lint_and_template_are_clean(kube: KubeTarget, binaries: Binaries) -> No
         ("operator.colour=blue", "'colour' not allowed"),
         ("metrics.port=80", "/metrics/port"),
         ("regions[0].name=UPPER", "/regions/0"),
+        ("alerts.enabled=maybe", "/alerts/enabled"),
+        ("dashboard.colour=blue", "'colour' not allowed"),
     ],
 )
 def test_bad_values_are_refused_naming_the_value(

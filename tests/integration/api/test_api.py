@@ -289,3 +289,31 @@ def test_healthz_without_the_key_gives_states_not_details(client: TestClient) ->
     full = client.get("/healthz", headers=KEY).json()
     assert full["store"]["url"].startswith("sqlite:///")
     assert "detail" in full["sync"]
+
+
+def test_healthz_names_the_last_decrement_and_who_ran_it(client: TestClient) -> None:
+    # what `kubectl memoria status` shows per region, read without the key
+    ran = client.post("/admin/decrement", headers=KEY).json()
+    assert ran["reason"] in ("ran", "already"), ran  # the start-up catch-up may have run it
+    public = client.get("/healthz").json()["decrement"]
+    assert public["date"] == ran["date"]
+    assert public["by"] == "api-test"
+
+
+def test_api_requests_are_counted_and_timed_by_route_template(client: TestClient) -> None:
+    created = client.post("/memories", json={"text": "m", "y_coord": 0}).json()["id"]
+    client.get(f"/memories/{created}")
+    client.get("/memories/not-there")
+    client.get("/no/such/route")
+    text = client.get("/metrics").text
+    count = "memoria_http_requests_total{{code={!r},method={!r},route={!r}}} 1.0"
+    for code, method, route in (
+        ("201", "POST", "/memories"),
+        ("200", "GET", "/memories/{memory_id}"),
+        ("404", "GET", "/memories/{memory_id}"),
+        ("404", "GET", "unmatched"),
+    ):
+        assert count.format(code, method, route).replace("'", '"') in text, (code, route)
+    assert created not in text  # ids never become label values
+    timed = 'memoria_http_request_duration_seconds_count{method="POST",route="/memories"} 1.0'
+    assert timed in text

@@ -1,5 +1,6 @@
-"""What ships: the wheel holds the two product packages and nothing of the test bed, and the
-operator's package stays clear of the region runtime's HTTP stack."""
+"""What ships: the wheel holds the product packages (runtime, operator, kubectl plugin) and
+nothing of the test bed, and the operator's package stays clear of the region runtime's HTTP
+stack."""
 
 from __future__ import annotations
 
@@ -23,14 +24,26 @@ def test_the_wheel_holds_the_product_and_no_test_bed(tmp_path: Path) -> None:
     assert {n.split("/")[0] for n in names} == {
         "memoria",
         "memoria_operator",
+        "kubectl_memoria",
         f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info",
     }
     assert not [n for n in names if "testbed" in n or "demo" in n or n.startswith("tests/")]
     assert "memoria/py.typed" in names and "memoria_operator/py.typed" in names
+    assert "kubectl_memoria/py.typed" in names
 
 
 def test_importing_the_operator_does_not_load_fastapi() -> None:
     proc = run_python(
         "import sys, memoria_operator; assert 'fastapi' not in sys.modules, 'fastapi loaded'"
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_kubectl_plugin_loads_neither_kubernetes_nor_kopf() -> None:
+    # its answer time is mostly import time: the kubernetes package alone takes seconds
+    proc = run_python(
+        "import sys, kubectl_memoria.cli, kubectl_memoria.report\n"
+        "heavy = {'kubernetes', 'kopf', 'fastapi', 'pydantic'} & set(sys.modules)\n"
+        "assert not heavy, heavy"
     )
     assert proc.returncode == 0, proc.stderr

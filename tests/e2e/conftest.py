@@ -1,4 +1,4 @@
-"""Fixtures of the region-bed tests."""
+"""Fixtures of the e2e tests that run a region bed (leadership, plugin, dashboard)."""
 
 from __future__ import annotations
 
