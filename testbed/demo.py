@@ -181,13 +181,15 @@ def walk_through(t: Timeline, kube: KubeTarget, bed: RegionBed) -> None:
         t.note(f"  {obj:9s} {reason:19s} {message[:80]}")
 
 
-def day_two_view(t: Timeline, kube: KubeTarget, workdir: Path) -> None:
+def day_two_view(
+    t: Timeline, kube: KubeTarget, workdir: Path, namespace: str = NAMESPACE, why: str = ""
+) -> None:
     """The user's day-2 view: the kubectl plugin, found by a real kubectl on PATH."""
     t.step("The day-2 view: kubectl memoria status (the plugin, found by kubectl on PATH)")
-    t.note(f"$ kubectl memoria status -n {NAMESPACE}")
-    proc = kubectl_memoria(kube, plugin_bin(workdir / "bin"), "status", "-n", NAMESPACE)
+    t.note(f"$ kubectl memoria status -n {namespace}")
+    proc = kubectl_memoria(kube, plugin_bin(workdir / "bin"), "status", "-n", namespace)
     t.note(proc.stdout or proc.stderr)
-    t.note(f"(exit {proc.returncode}: 1 means a problem is listed above; region-b was killed)")
+    t.note(f"(exit {proc.returncode}: 1 means a problem is listed above{why})")
 
 
 def run(keep: bool) -> int:
@@ -225,7 +227,7 @@ def run(keep: bool) -> int:
             }
             bed.bring_up()
             walk_through(t, kube, bed)
-            day_two_view(t, kube, tmp)
+            day_two_view(t, kube, tmp, why="; region-b was killed")
             if keep:
                 t.step(f"Keeping everything up; export KUBECONFIG={plane.kubeconfig}; Ctrl-C stops")
                 while True:

@@ -15,7 +15,7 @@ import time
 import uuid
 from contextlib import ExitStack
 
-from .demo import Timeline
+from .demo import Timeline, day_two_view
 from .kube import KubeTarget
 from .node import NodeCluster, RunningNode, node_is_healthy, read_state
 from .onnode import (
@@ -140,6 +140,7 @@ def walk_through(t: Timeline, kube: KubeTarget, node: RunningNode, system_ns: st
         lambda: mreg_row(kube, NAMESPACE, "region-a").get("READY") == "True",
         120,
     )
+    day_two_view(t, kube, node.workdir, NAMESPACE)
 
 
 def run(keep: bool) -> int:

@@ -154,6 +154,8 @@ class HealthTracker:
         self.policy = policy or ProbePolicy()
         self.pods: dict[str, list[dict[str, Any]]] = {}  # each region's pods, as last listed
         self.state: dict[str, Health] = {}
+        # regions whose pods were deleted: when their replacement first answered (None: not yet)
+        self._replaced: dict[str, float | None] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def session(self) -> aiohttp.ClientSession:
@@ -218,7 +220,35 @@ class HealthTracker:
             # all with an available Deployment: no kubelet reports pods, as in the process
             # test bed; the Deployment is all there is to judge by.)
             ok, message = False, no_pod_serving(self.pods[region.key])
+        ok, message = self._after_deletion(region, ok, message)
         return self._record(region.key, ok, message, leading, started)
+
+    def _after_deletion(self, region: Region, ok: bool, message: str) -> tuple[bool, str]:
+        """A region left with no answering pod by a deletion stays unhealthy until its
+        replacement has answered for the region's failover bound: a deleted pod is a region
+        that went down (the standby takes over within the bound, however fast the
+        Deployment replaces it), while a killed container keeps its pod and is judged by its
+        answers alone (the kubelet's restart is no failover)."""
+        key = region.key
+        if not ok:
+            pods = self.pods.get(key) or []
+            if key in self._replaced or any(p["metadata"].get("deletionTimestamp") for p in pods):
+                self._replaced[key] = None  # waiting for a replacement to answer
+            return ok, message
+        if key not in self._replaced:
+            return ok, message
+        now = time.monotonic()
+        first = self._replaced[key]
+        if first is None:
+            self._replaced[key] = first = now
+        bound = region.spec.failover.unhealthy_after_seconds
+        if now - first >= bound:
+            del self._replaced[key]
+            return ok, message
+        return False, (
+            f"its pod was deleted; the replacement answers ({now - first:.0f}s) and counts "
+            f"as healthy once it has for {bound}s"
+        )
 
     def _record(
         self, key: str, ok: bool, message: str, leading: bool | None, started: float
@@ -242,4 +272,5 @@ class HealthTracker:
 
     def forget(self, key: str) -> None:
         self.state.pop(key, None)
+        self._replaced.pop(key, None)
         self.pods.pop(key, None)

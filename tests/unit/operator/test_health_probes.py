@@ -243,3 +243,42 @@ def test_a_deleted_pod_is_not_serving_even_while_the_deployment_says_available()
     health = _check(HealthTracker(1.0, kube=kube, policy=LOOPBACK), region)
     assert not health.healthy
     assert health.message == "no pod can answer (1 being deleted, 1 not running yet)"
+
+
+def test_a_deleted_pod_keeps_its_region_unhealthy_until_the_replacement_has_served_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deleted leader pod is a region that went down: its standby must take over within the
+    bound even when the Deployment replaces the pod in two seconds. A region whose pods were not
+    deleted (a killed container, restarted by the kubelet) is judged by its answers alone."""
+    import memoria_operator.health as health_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(health_module.time, "monotonic", lambda: clock[0])
+    region = Region.from_body(
+        {
+            "metadata": {"namespace": "ns", "name": "a", "uid": "u", "generation": 1},
+            "spec": {
+                "region": "a",
+                "sync": {"backend": "redis", "connectionUrl": "redis://r"},
+                "failover": {"unhealthyAfterSeconds": 5},
+            },
+        }
+    )
+    tracker = HealthTracker(timeout=1.0, policy=LOOPBACK)
+    tracker.pods[region.key] = [_pod("10.88.0.9", deleting=True)]
+    assert tracker._after_deletion(region, False, "no pod can answer") == (
+        False,
+        "no pod can answer",
+    )
+    tracker.pods[region.key] = [_pod("10.88.0.10")]  # the replacement answers 2 s later
+    clock[0] += 2
+    ok, message = tracker._after_deletion(region, True, "answered")
+    assert not ok and "its pod was deleted" in message
+    clock[0] += 4.9
+    assert not tracker._after_deletion(region, True, "answered")[0]
+    clock[0] += 0.2  # answered for the whole bound: healthy again
+    assert tracker._after_deletion(region, True, "answered") == (True, "answered")
+    # a killed container (its pod stays): unhealthy while down, healthy at its first answer
+    assert tracker._after_deletion(region, False, "no answer") == (False, "no answer")
+    assert tracker._after_deletion(region, True, "answered") == (True, "answered")
