@@ -11,11 +11,13 @@ Helm-installed operator. The four items run in order on that pair:
 4. the failover drill: region-a shut down (frozen; with Redis its broker goes too), region-b
    leads and its writes flow (its Redis replica promoted by region-b itself), the listeners
    reconnect (counted in ``/healthz``), region-a comes back as a standby and catches up, and
-   every write answered 201 is found in both regions.
+   every write answered 201 is found in both regions;
+5. ``kubectl memoria status`` reads both regions' /healthz through the service proxy.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -36,6 +38,7 @@ from testbed.onnode import (
     wait_for,
     wait_namespace_ready,
 )
+from testbed.plugin import kubectl_memoria, plugin_bin
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
@@ -211,3 +214,22 @@ def test_4_failover_drill(pair: Pair) -> None:
     for region in ("region-a", "region-b"):
         missing = [m for m in [*written, late] if not pair.has(region, m)]
         assert not missing, (region, missing)
+
+
+def test_5_kubectl_memoria_status_reads_health_through_the_service_proxy(
+    pair: Pair, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The day-2 view on pods: the plugin, found by a real kubectl, reads each region's
+    /healthz through the API server's service proxy (the process test bed cannot: its
+    regions listen on loopback, which the API server refuses to proxy to)."""
+    bin_dir = plugin_bin(tmp_path_factory.mktemp("plugin"))
+    proc = kubectl_memoria(pair.kube, bin_dir, "status", "-n", pair.ns, "-o", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (group,) = json.loads(proc.stdout)
+    assert group["leader"] == "region-b" and group["problems"] == [], group
+    for region in group["regions"]:
+        assert region["health_via"] == "service-proxy", region
+        assert region["health"] == "ok" and region["sync_state"] == "ok", region
+        assert region["last_decrement_by"] == "region-a", region  # test 3's, in both regions
+    table = kubectl_memoria(pair.kube, bin_dir, "status", "-n", pair.ns)
+    assert f"Group default in {pair.ns}: leader region-b" in table.stdout, table.stdout
