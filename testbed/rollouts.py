@@ -10,8 +10,10 @@ never claims more than is true: while it says the old generation, the operator c
 rollout as complete. A region that is *held* is not rolled at all (its part of the cluster is
 down), so its Deployment's status stays behind its spec until it is released.
 
-Every rollout is recorded (region, generation, when it started, when its status was written),
-so tests can check the order of two regions' rollouts without timing them.
+Each region is rolled by a thread of its own, as a cluster rolls Deployments independently: the
+order of two regions' rollouts is the operator's doing, never the player's. Every rollout is
+recorded (region, generation, when it started, when its status was written), so tests can check
+that order without timing anything.
 """
 
 from __future__ import annotations
@@ -68,35 +70,39 @@ class RolloutPlayer:
         self.history: list[Rollout] = []
         self.errors: list[str] = []
         self._held: set[str] = set()
-        self._lock = threading.Lock()
+        self._locks = {name: threading.Lock() for name in names}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rollout-player", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._run, args=(n,), name=f"rollouts-{n}", daemon=True)
+            for n in names
+        ]
 
     def _path(self, name: str) -> str:
         return path_for("apps/v1", "Deployment", self.bed.namespace, f"memoria-{name}")
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(30)
+        for thread in self._threads:
+            thread.join(30)
 
     def hold(self, name: str) -> None:
-        """From now on, ``name`` is not rolled (the node or its part of the cluster is down)."""
-        with self._lock:
+        """From now on, ``name`` is not rolled (the node or its part of the cluster is down);
+        a rollout under way finishes first."""
+        with self._locks[name]:
             self._held.add(name)
 
     def release(self, name: str) -> None:
-        with self._lock:
+        with self._locks[name]:
             self._held.discard(name)
 
-    def _run(self) -> None:
+    def _run(self, name: str) -> None:
         while not self._stop.is_set():
-            for name in self.names:
-                with self._lock:
-                    if name in self._held:
-                        continue
+            with self._locks[name]:
+                if name not in self._held:
                     try:
                         self._step(name)
                     except Exception as exc:  # an API hiccup: the next round looks again
