@@ -68,7 +68,7 @@ def wait_quiet(bed: RegionBed, standby: str, timeout: float = 60) -> None:
 def measure(kube: KubeTarget, mode: str, rounds: int, bound: int) -> dict[str, list[float]]:
     ns = kube.create_namespace(f"bench-{mode}")
     tmp = Path(tempfile.mkdtemp(prefix=f"memoria-envbench-{mode}-"))
-    scheduler = dict.fromkeys(NAMES, {"control": mode})
+    scheduler = {name: {"control": mode} for name in NAMES}
     with region_bed(kube, ns, tmp, bound=bound, scheduler=scheduler) as bed:
         bed.bring_up()
         leader, standby = "region-a", "region-b"

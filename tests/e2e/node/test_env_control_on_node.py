@@ -15,6 +15,7 @@ The tests of this module run in order and share the regions.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -245,7 +246,7 @@ def only_the_new_leader_decrements(drill: EnvDrill, old: str, new: str) -> None:
     due = late_dates(before)
     assert due, "moving to UTC+14 must bring at least one new date"
     pods = {name: drill.pod(name) for name in REGIONS}
-    for name, pod in pods.items():
+    for pod in pods.values():
         status, body = http(
             "PATCH", f"http://{pod['status']['podIP']}:8080/settings", {"decrement_tz": LATE}
         )
@@ -330,10 +331,8 @@ def test_a_frozen_leader_is_rolled_off_before_the_standby_is_switched_on(
         try:
             drill.settled("region-a", BOUND + ROLLOUT_TIMEOUT + 240)
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # the kubelet killed it, as it should
                 os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass  # killed by the kubelet, as it should be
     assert sampler.overlaps == [], sampler.overlaps
     assert drill.no_pod_with("region-b", "false")
     assert drill.region("region-a")["status"]["leadership"]["lastTransitionReason"] == "Failover"
