@@ -26,23 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from leadership_bench import TIMINGS, pct  # the same operator timings, the same percentile
+
 from testbed.cluster import operator_on_local_plane
 from testbed.kube import KubeTarget
 from testbed.regions import NAMES, RegionBed, region_bed
-
-TIMINGS = {
-    "MEMORIA_OPERATOR_LEASE_DURATION_SECONDS": "4",
-    "MEMORIA_OPERATOR_RENEW_INTERVAL_SECONDS": "1",
-    "MEMORIA_OPERATOR_RETRY_INTERVAL_SECONDS": "0.5",
-    "MEMORIA_OPERATOR_HEALTH_PROBE_TIMEOUT_SECONDS": "0.5",
-    "MEMORIA_OPERATOR_HEALTH_URL_ALLOW": "127.0.0.0/8",
-    "MEMORIA_OPERATOR_METRICS_PORT": "0",
-}
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def wait_armed(bed: RegionBed, name: str, timeout: float = 120) -> None:

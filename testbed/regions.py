@@ -12,6 +12,7 @@ Used by the e2e tests, the benchmarks and the demo.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import threading
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from memoria.contract import API_VERSION, KIND, lease_name
 from memoria.store import MemoryStore
@@ -55,6 +57,18 @@ def region_manifest(name: str = "r1", *, backend: str = "redis", **spec: Any) ->
         "metadata": {"name": name},
         "spec": {"region": name, "sync": sync, **spec},
     }
+
+
+def dates_due(since: str, zone: str) -> list[str]:
+    """The dates after ``since`` (YYYY-MM-DD) up to today in ``zone``: what a region whose
+    last decrement was ``since`` catches up once its ``DECREMENT_TZ`` is ``zone``."""
+    today = dt.datetime.now(ZoneInfo(zone)).date()
+    day = dt.date.fromisoformat(since) + dt.timedelta(days=1)
+    out = []
+    while day <= today:
+        out.append(day.isoformat())
+        day += dt.timedelta(days=1)
+    return out
 
 
 def health_failover(port: int, bound: int = 3) -> dict[str, Any]:

@@ -17,12 +17,10 @@ them as its own, and the old leader's log must not mention them.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -30,7 +28,7 @@ from testbed import wait_until
 from testbed.cluster import env_of, get
 from testbed.harness import OperatorRun, running_operator
 from testbed.kube import KubeTarget
-from testbed.regions import LeadershipSampler, RegionBed, region_bed
+from testbed.regions import LeadershipSampler, RegionBed, dates_due, region_bed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -71,23 +69,12 @@ def wait_scheduling(bed: RegionBed, name: str, timeout: float = 120) -> None:
     wait_until(lambda: bed.scheduling(name) is True, timeout, f"{name}'s timer armed")
 
 
-def late_dates(since: str) -> list[str]:
-    """The dates after ``since`` up to today in ``LATE``."""
-    today = dt.datetime.now(ZoneInfo(LATE)).date()
-    day = dt.date.fromisoformat(since) + dt.timedelta(days=1)
-    out = []
-    while day <= today:
-        out.append(day.isoformat())
-        day += dt.timedelta(days=1)
-    return out
-
-
 def assert_only_decrements_after_the_flip(bed: RegionBed, old: str, new: str) -> None:
     """Checklist item 3 across the flip: move both regions' day forward; the new dates are the
     new leader's alone, in every region's service_metadata."""
     before = bed.store_metadata(new)["last_decrement_date"]
     assert bed.store_metadata(old)["last_decrement_date"] == before  # synced before the flip
-    due = late_dates(before)
+    due = dates_due(before, LATE)
     assert due, "moving to UTC+14 must bring at least one new date"
     for name in NAMES:
         status, body = bed.processes[name].request("PATCH", "/settings", {"decrement_tz": LATE})

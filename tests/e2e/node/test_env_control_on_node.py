@@ -16,7 +16,6 @@ The tests of this module run in order and share the regions.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
 import signal
@@ -25,7 +24,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -48,6 +46,7 @@ from testbed.onnode import (
     wait_for,
     wait_namespace_ready,
 )
+from testbed.regions import dates_due
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node]
 
@@ -228,22 +227,12 @@ def drill(node_cluster: RunningNode, node_operator: OperatorRelease) -> Iterator
         kube.delete_namespace(ns)
 
 
-def late_dates(since: str) -> list[str]:
-    today = dt.datetime.now(ZoneInfo(LATE)).date()
-    day = dt.date.fromisoformat(since) + dt.timedelta(days=1)
-    out = []
-    while day <= today:
-        out.append(day.isoformat())
-        day += dt.timedelta(days=1)
-    return out
-
-
 def only_the_new_leader_decrements(drill: EnvDrill, old: str, new: str) -> None:
     """Checklist item 3 across the flip: both regions' day moves forward; the new dates are
     the new leader's alone in every region's service_metadata, and absent from the old
     leader's log."""
     before = drill.metadata(new)["last_decrement_date"]
-    due = late_dates(before)
+    due = dates_due(before, LATE)
     assert due, "moving to UTC+14 must bring at least one new date"
     pods = {name: drill.pod(name) for name in REGIONS}
     for pod in pods.values():

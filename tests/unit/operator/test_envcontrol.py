@@ -28,17 +28,10 @@ from memoria_operator.render import deployment_scheduler_on, render_deployment, 
 from testbed.fakekube import FakeKube
 from testbed.regions import region_manifest
 
-NS = "prod"
-NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
-MONO = 5000.0
-HANDOVER_TO = "memoria.arcafutura.io/handover-to"
+from .test_decide import HANDOVER_TO, MONO, NOW, NS, REASON, key
+
 HANDOVER_FROM = "memoria.arcafutura.io/handover-from"
 HANDOVER_STARTED = "memoria.arcafutura.io/handover-started"
-REASON = "memoria.arcafutura.io/transition-reason"
-
-
-def key(name: str) -> str:
-    return f"{NS}/{name}"
 
 
 def region(
