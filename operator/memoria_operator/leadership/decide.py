@@ -172,10 +172,26 @@ def _answer_promotions(view: GroupView, facts: LeaseFacts) -> tuple[dict[str, Ac
     return acks, target
 
 
+def _blip(view: GroupView, new: Region, old: Region | None) -> bool:
+    """A handover that involves a rollout (an env region on either side) lasts seconds, and a
+    machine busy starting pods may miss a probe of the target meanwhile: such a target that may
+    lead and has been unhealthy for less than its own failover bound is waited for rather than
+    given up (the handover is abandoned once it stays unhealthy past the bound)."""
+    if not (new.env_control or (old is not None and old.env_control)) or not new.may_lead:
+        return False
+    health = view.health.get(new.key)
+    if health is None or health.healthy:
+        return False
+    return view.mono - health.since < new.spec.failover.unhealthy_after_seconds
+
+
 def _continue_handover(view: GroupView, facts: LeaseFacts) -> Decision:
     new = view.regions.get(facts.handover_to or "")
     old = facts.handover_from
     reason = facts.reason or TransitionReason.SWITCHOVER
+    old_region = view.regions.get(old or "")
+    if new is not None and _blip(view, new, old_region):
+        return _keep(f"waiting for {new.key} to answer again before it takes over")
     if new is None or _refusal(view, new, False) is not None:
         return Decision(
             kind=DecisionKind.RELEASE,
@@ -184,7 +200,6 @@ def _continue_handover(view: GroupView, facts: LeaseFacts) -> Decision:
                 f"handover to {facts.handover_to} abandoned: target gone or no longer eligible"
             ),
         )
-    old_region = view.regions.get(old or "")
     if old_region is not None and old_region.env_control:
         # its image reads DISABLE_SCHEDULERS once and never sees the Lease: the rollout of
         # true (or its presumed death) is what stops it, checked for every env region by decide

@@ -396,3 +396,13 @@ def test_the_loop_turns_the_old_off_before_the_new_on() -> None:
 
 
 REGION = ("memoria.arcafutura.io/v1alpha1", "MemoriaRegion")
+
+
+def test_a_target_that_misses_a_probe_during_a_rollout_is_waited_for_not_dropped() -> None:
+    a, b = region("a", role="leader"), region("b", bound=10)
+    states = {"a": switch(False), "b": switch(False)}
+    blip = view([a, b], {"a": healthy(), "b": unhealthy(2)}, handover("b", "a"), states)
+    d = decide(blip)
+    assert d.kind == "keep" and "waiting for prod/b to answer again" in d.message
+    gone = view([a, b], {"a": healthy(), "b": unhealthy(11)}, handover("b", "a"), states)
+    assert decide(gone).kind == "release"
