@@ -12,6 +12,7 @@ Used by the e2e tests, the benchmarks and the demo.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import threading
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from memoria.contract import API_VERSION, KIND, lease_name
 from memoria.store import MemoryStore
@@ -30,6 +32,7 @@ from .datastores import PostgresServer, RedisServer
 from .kube import KubeTarget
 from .processes import free_port, wait_until
 from .proxy import TcpProxy
+from .rollouts import RolloutPlayer
 from .serve import MemoriaProcess
 
 LEASE = lease_name("default")
@@ -54,6 +57,18 @@ def region_manifest(name: str = "r1", *, backend: str = "redis", **spec: Any) ->
         "metadata": {"name": name},
         "spec": {"region": name, "sync": sync, **spec},
     }
+
+
+def dates_due(since: str, zone: str) -> list[str]:
+    """The dates after ``since`` (YYYY-MM-DD) up to today in ``zone``: what a region whose
+    last decrement was ``since`` catches up once its ``DECREMENT_TZ`` is ``zone``."""
+    today = dt.datetime.now(ZoneInfo(zone)).date()
+    day = dt.date.fromisoformat(since) + dt.timedelta(days=1)
+    out = []
+    while day <= today:
+        out.append(day.isoformat())
+        day += dt.timedelta(days=1)
+    return out
 
 
 def health_failover(port: int, bound: int = 3) -> dict[str, Any]:
@@ -111,6 +126,9 @@ class RegionBed:
     processes: dict[str, MemoriaProcess] = field(default_factory=dict)
     proxies: dict[str, TcpProxy] = field(default_factory=dict)
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    # regions with spec.scheduler.control: env, rolled out by the rollout player
+    env_controlled: list[str] = field(default_factory=list)
+    rollouts: RolloutPlayer | None = None
 
     def lease(self) -> dict[str, Any] | None:
         return get(self.kube, "lease", LEASE, self.namespace)
@@ -154,9 +172,12 @@ class RegionBed:
         finally:
             store.close()
 
-    def process_env(self, name: str, via_proxy: bool = False) -> dict[str, str]:
-        """The env the operator rendered into the region's Deployment, adapted to run here."""
-        dep = wait_until(
+    def process_env(
+        self, name: str, via_proxy: bool = False, deployment: dict[str, Any] | None = None
+    ) -> dict[str, str]:
+        """The env the operator rendered into the region's Deployment (``deployment``, else as
+        read now), adapted to run here."""
+        dep = deployment or wait_until(
             lambda: get(self.kube, "deployment", f"memoria-{name}", self.namespace),
             what=f"deployment of {name}",
         )
@@ -165,10 +186,11 @@ class RegionBed:
         env.update(
             {
                 "MEMORIA_SYNC__CONNECTION_URL": self.brokers.urls[name],
-                "MEMORIA_LEADERSHIP__KUBECONFIG": str(self.kubeconfig_for(name, via_proxy)),
                 "MEMORIA_DATABASE__CONNECTION_STRING": self.store_url(name),
             }
         )
+        if "MEMORIA_LEADERSHIP__LEASE_NAME" in env:  # an env region runs in the guide's mode
+            env["MEMORIA_LEADERSHIP__KUBECONFIG"] = str(self.kubeconfig_for(name, via_proxy))
         env.pop("MEMORIA_HOST", None)
         env.pop("MEMORIA_PORT", None)
         env.update(self.extra_env.get(name, {}))
@@ -177,7 +199,8 @@ class RegionBed:
     def bring_up(self, start_processes: bool = True) -> None:
         """With an operator running: wait for the Deployments, play kubelet (status), and run
         each region's process."""
-        for name in self.ports:
+        leased = [n for n in self.ports if n not in self.env_controlled]
+        for name in leased:
             deployment = f"memoria-{name}"
             wait_until(
                 partial(get, self.kube, "deployment", deployment, self.namespace),
@@ -185,14 +208,30 @@ class RegionBed:
             )
             mark_available(self.kube, self.namespace, deployment)
         if start_processes:
-            for name in self.ports:
+            for name in leased:
                 self.start(name)
+        if self.env_controlled and self.rollouts is None:
+            # their processes are the rollout player's: it starts each at its first rollout
+            self.rollouts = RolloutPlayer(self, self.env_controlled)
+            self.rollouts.start()
+            for name in self.env_controlled:
+                wait_until(partial(self._running, name), 60, f"the first rollout of {name}")
 
-    def start(self, name: str, via_proxy: bool = False) -> MemoriaProcess:
+    def _running(self, name: str) -> bool:
+        proc = self.processes.get(name)
+        return proc is not None and proc.running
+
+    def stop_rollouts(self) -> None:
+        if self.rollouts is not None:
+            self.rollouts.stop()
+
+    def start(
+        self, name: str, via_proxy: bool = False, deployment: dict[str, Any] | None = None
+    ) -> MemoriaProcess:
         (self.workdir / name).mkdir(exist_ok=True)
         proc = MemoriaProcess(
             name,
-            self.process_env(name, via_proxy),
+            self.process_env(name, via_proxy, deployment),
             port=self.ports[name],
             workdir=self.workdir / name,
         )
@@ -208,6 +247,15 @@ class RegionBed:
         leading: bool | None = (health.get("scheduler") or {}).get("leading")
         return leading
 
+    def scheduling(self, name: str) -> bool | None:
+        """Whether the region's decrement timer is armed: what matters in the guide's mode,
+        where a region without a Lease says it leads and DISABLE_SCHEDULERS decides."""
+        proc = self.processes.get(name)
+        if proc is None or not proc.running:
+            return None
+        armed: bool | None = (proc.health().get("scheduler") or {}).get("armed")
+        return armed
+
     def wait_leader(self, name: str, timeout: float = 20) -> None:
         key = f"{self.namespace}/{name}"
         wait_until(lambda: self.holder() == key, timeout, f"{key} to hold the Lease")
@@ -221,15 +269,25 @@ class RegionBed:
 class LeadershipSampler:
     """Polls every process's /healthz in a thread, recording who says it leads."""
 
-    def __init__(self, bed: RegionBed, names: tuple[str, ...], interval: float = 0.02) -> None:
+    def __init__(
+        self,
+        bed: RegionBed,
+        names: tuple[str, ...],
+        interval: float = 0.02,
+        *,
+        armed: bool = False,
+    ) -> None:
+        """``armed``: sample whether each region's decrement timer is armed rather than whether
+        it says it leads (the guide's mode says so whenever no Lease is configured)."""
         self.bed, self.names, self.interval = bed, names, interval
+        self._probe = bed.scheduling if armed else bed.leading
         self.samples: list[tuple[float, dict[str, bool | None]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.monotonic(), {n: self.bed.leading(n) for n in self.names}))
+            self.samples.append((time.monotonic(), {n: self._probe(n) for n in self.names}))
             time.sleep(self.interval)
 
     def __enter__(self) -> LeadershipSampler:
@@ -272,18 +330,26 @@ def region_bed(
     operator: Callable[[], AbstractContextManager[Any]] | None = None,
     backend: str = "redis",
     privacy: dict[str, dict[str, int]] | None = None,
+    scheduler: dict[str, dict[str, Any]] | None = None,
 ) -> Iterator[RegionBed]:
     """Regions region-a (leader, priority 200) and region-b (standby, priority 100).
 
     ``operator``: a factory of a context that runs the operator for the whole bed; without it
-    the caller runs one and calls :meth:`RegionBed.bring_up` itself.
+    the caller runs one and calls :meth:`RegionBed.bring_up` itself. ``scheduler``: each
+    region's ``spec.scheduler``; regions with ``control: env`` are rolled out by a
+    :class:`~testbed.rollouts.RolloutPlayer`.
     """
     brokers = Brokers.start(backend)
     ports = {name: free_port() for name in NAMES}
     bed = RegionBed(kube, namespace, brokers, ports, tmp)
+    bed.env_controlled = [
+        n for n, s in (scheduler or {}).items() if s.get("control") == "env" and n in NAMES
+    ]
     roles = {"region-a": ("leader", 200), "region-b": ("standby", 100)}
     for name, (role, priority) in roles.items():
-        extra = {"privacy": privacy[name]} if privacy and name in privacy else {}
+        extra: dict[str, Any] = {"privacy": privacy[name]} if privacy and name in privacy else {}
+        if scheduler and name in scheduler:
+            extra["scheduler"] = scheduler[name]
         manifest = region_manifest(
             name,
             backend=backend,
@@ -297,6 +363,7 @@ def region_bed(
         stack.callback(brokers.destroy)
         stack.callback(_each, bed.proxies, TcpProxy.close)
         stack.callback(_each, bed.processes, MemoriaProcess.stop)
+        stack.callback(bed.stop_rollouts)  # first: no rollout starts a process after this
         if operator is not None:
             stack.enter_context(operator())
             bed.bring_up(start_processes)

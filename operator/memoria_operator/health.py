@@ -111,14 +111,20 @@ def lease_blind(body: Any) -> bool:
 
 
 async def probe(
-    session: aiohttp.ClientSession, url: str, limit: float, label: str | None = None
+    session: aiohttp.ClientSession,
+    url: str,
+    limit: float,
+    label: str | None = None,
+    *,
+    absent_ok: bool = False,
 ) -> tuple[bool, str, bool | None]:
     """(ok, message, leading) from one GET of a Memoria /healthz, within ``limit`` seconds.
 
     ``label`` names the target in the message instead of the URL; given for a user's health
     URL, whose answer is then reported only as a class (answered N, no answer, connection
     failed), never its text: status must not turn the operator into an oracle for what a URL
-    answers."""
+    answers. ``absent_ok``: a 404 means the image has no /healthz (``control: env``), and the
+    region is judged by its Deployment alone."""
     name = label or url
     try:
         async with session.get(
@@ -133,6 +139,8 @@ async def probe(
                 return False, f"{name} answered but cannot watch its Lease", leading
             if resp.status == 200:
                 return True, f"{name} answered 200", leading
+            if resp.status == 404 and absent_ok:
+                return True, f"{name} has no /healthz (404): judged by the Deployment", None
             if 300 <= resp.status < 400:
                 return False, f"{name} answered {resp.status} (redirects are not followed)", None
             return False, f"{name} answered {resp.status}", leading
@@ -205,7 +213,12 @@ class HealthTracker:
                 )
         if urls:
             session = await self.session()
-            results = await asyncio.gather(*(probe(session, u, self.timeout, label) for u in urls))
+            results = await asyncio.gather(
+                *(
+                    probe(session, u, self.timeout, label, absent_ok=region.env_control)
+                    for u in urls
+                )
+            )
             answered = [r for r in results if r[0]]
             # the region leads if any pod says so; it is up if any pod answers
             said = [r[2] for r in results if r[2] is not None]

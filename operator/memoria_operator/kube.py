@@ -105,13 +105,18 @@ class Kube:
         changed (that is how drift is reverted)."""
         meta = obj["metadata"]
         path = path_for(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
-        result: dict[str, Any] = self.request(
-            "PATCH",
-            path,
-            body=obj,
-            query={"fieldManager": FIELD_MANAGER, "force": "true"},
-            content_type="application/apply-patch+yaml",
-        )
+        try:
+            result: dict[str, Any] = self.request(
+                "PATCH",
+                path,
+                body=obj,
+                query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                content_type="application/apply-patch+yaml",
+            )
+        except ApiException as exc:
+            if exc.status == 409:  # forced, so only a resourceVersion given as precondition
+                raise Conflict(path) from None
+            raise
         return result
 
     def _write(

@@ -45,9 +45,15 @@ class PrivacySpec(_Model):
     ceiling: int = 15
 
 
+# spec.scheduler.control: who tells the pods whether they lead (the CRD's enum)
+SchedulerControl = Literal["lease", "env"]
+
+
 class SchedulerSpec(_Model):
     time_zone: str = Field(default="UTC", alias="timeZone")
     enabled: bool = True
+    control: SchedulerControl = "lease"
+    rollout_timeout_seconds: int = Field(default=120, alias="rolloutTimeoutSeconds")
 
 
 class PersistenceSpec(_Model):
@@ -165,6 +171,12 @@ class Region(_Model):
     @property
     def promote_request(self) -> str | None:
         return self.annotations.get(PROMOTE_ANNOTATION) or None
+
+    @property
+    def env_control(self) -> bool:
+        """True when leadership reaches the pods as ``DISABLE_SCHEDULERS`` in the Deployment
+        (``spec.scheduler.control: env``) instead of through their watch of the Lease."""
+        return self.spec.scheduler.control == "env"
 
     @property
     def may_lead(self) -> bool:

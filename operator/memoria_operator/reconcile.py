@@ -24,10 +24,10 @@ from typing import Any
 from memoria.contract import POSTGRES_URL_SCHEMES, url_scheme_problem
 
 from . import conditions as c
-from .kube import EventType, Kube, path_for
+from .kube import Conflict, EventType, Kube, path_for
 from .metrics import OperatorMetrics
 from .model import Region, config_problems
-from .render import render_all, secret_refs
+from .render import deployment_scheduler_on, render_all, secret_refs
 from .render import selector as render_selector
 
 log = logging.getLogger("memoria_operator.reconcile")
@@ -171,6 +171,13 @@ def _deployment_availability(
     return False, c.PROGRESSING, f"{available}/{replicas} replicas available (rolling out)"
 
 
+def _scheduler_kept(region: Region, deployment: dict[str, Any] | None) -> bool:
+    """``control: env``: the scheduler switch as the Deployment has it, never changed here. A
+    new Deployment, or one that followed the Lease until now, starts with the scheduler off;
+    the leadership loop turns it on for the Lease holder (leadership/envcontrol.py)."""
+    return bool(region.env_control and deployment_scheduler_on(deployment))
+
+
 class Reconciler:
     def __init__(
         self, kube: Kube, default_image: str, metrics: OperatorMetrics | None = None
@@ -184,7 +191,7 @@ class Reconciler:
         region = Region.from_body(body)
         with self._locks[region.key]:  # one reconcile per region at a time, whatever woke it
             try:
-                result = self._reconcile(region, body)
+                result = self._reconcile_fresh(region, body)
             except Exception:  # whatever failed is counted, then kopf retries it
                 if self.metrics:
                     self.metrics.reconciles.labels("error").inc()
@@ -192,6 +199,16 @@ class Reconciler:
         if self.metrics:
             self.metrics.reconciles.labels("ready" if result.ready else "not_ready").inc()
         return result
+
+    def _reconcile_fresh(self, region: Region, body: dict[str, Any]) -> ReconcileResult:
+        """``_reconcile``, again from fresh reads when the Deployment changed under it (the
+        leadership loop flipped an env region's scheduler meanwhile)."""
+        for _ in range(3):
+            try:
+                return self._reconcile(region, body)
+            except Conflict:
+                log.info("%s: Deployment changed while reconciling; again", region.key)
+        return self._reconcile(region, body)
 
     def _reconcile(self, region: Region, body: dict[str, Any]) -> ReconcileResult:
         gen = region.generation
@@ -212,8 +229,16 @@ class Reconciler:
 
         deployment: dict[str, Any] | None
         dep_path = path_for("apps/v1", "Deployment", region.namespace, region.workload_name)
-        wanted = render_all(region, self.default_image)
+        existing = self.kube.get(dep_path)
+        wanted = render_all(region, self.default_image, _scheduler_kept(region, existing))
         current = {id(obj): self.kube.get(_path_of(obj)) for obj in wanted}
+        if region.env_control and existing is not None:
+            for obj in wanted:
+                if obj["kind"] == "Deployment":
+                    # the scheduler switch is the leadership loop's to flip: write only over
+                    # the Deployment read above, so a flip made meanwhile is never undone
+                    # (a Conflict, and kopf reconciles again from what is there then)
+                    obj["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
         foreign = [
             f"{obj['kind']} {obj['metadata']['name']}"
             for obj in wanted

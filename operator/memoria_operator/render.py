@@ -65,9 +65,19 @@ def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
-def render_env(region: Region) -> list[dict[str, Any]]:
-    """The runtime's environment, in the names of the guide and DESIGN.md."""
+SCHEDULER_SWITCH = "DISABLE_SCHEDULERS"
+LEADERSHIP_ENV_PREFIX = "MEMORIA_LEADERSHIP__"
+
+
+def render_env(region: Region, scheduler_on: bool = False) -> list[dict[str, Any]]:
+    """The runtime's environment, in the names of the guide and DESIGN.md.
+
+    ``scheduler_on`` matters only with ``spec.scheduler.control: env``: the operator's word that
+    this region may run its decrement (it holds the Lease and its predecessor has stopped).
+    Otherwise ``DISABLE_SCHEDULERS`` says only ``spec.scheduler.enabled`` and the pods learn who
+    leads from the Lease named by ``MEMORIA_LEADERSHIP__*``."""
     spec, sync = region.spec, region.spec.sync
+    on = spec.scheduler.enabled and (scheduler_on or not region.env_control)
     env = [
         _plain("MEMORIA_REGION", spec.region),
         _plain("MEMORIA_HOST", "0.0.0.0"),  # noqa: S104 - the pod's own address
@@ -89,7 +99,7 @@ def render_env(region: Region) -> list[dict[str, Any]]:
         _plain("MEMORIA_SYNC__REALTIME_REPLICATION", _bool(sync.realtime_replication)),
         _plain("MEMORIA_SYNC__REPLICA_PROMOTION", sync.replica_promotion),
         _plain("DECREMENT_TZ", spec.scheduler.time_zone),
-        _plain("DISABLE_SCHEDULERS", _bool(not spec.scheduler.enabled)),
+        _plain(SCHEDULER_SWITCH, _bool(not on)),
     ]
     if spec.store.connection_secret_ref is not None:
         env.append(_secret("MEMORIA_DATABASE__CONNECTION_STRING", spec.store.connection_secret_ref))
@@ -99,12 +109,29 @@ def render_env(region: Region) -> list[dict[str, Any]]:
         )
     if spec.api_key_secret_ref is not None:
         env.append(_secret("MEMORIA_API_KEY", spec.api_key_secret_ref))
-    env += [
-        _plain("MEMORIA_LEADERSHIP__LEASE_NAME", region.lease_name),
-        _plain("MEMORIA_LEADERSHIP__LEASE_NAMESPACE", region.namespace),
-        _plain("MEMORIA_LEADERSHIP__IDENTITY", region.key),
-    ]
+    if not region.env_control:
+        env += [
+            _plain(f"{LEADERSHIP_ENV_PREFIX}LEASE_NAME", region.lease_name),
+            _plain(f"{LEADERSHIP_ENV_PREFIX}LEASE_NAMESPACE", region.namespace),
+            _plain(f"{LEADERSHIP_ENV_PREFIX}IDENTITY", region.key),
+        ]
     return env
+
+
+def deployment_scheduler_on(deployment: dict[str, Any] | None) -> bool | None:
+    """What a Deployment rendered for ``control: env`` tells its pods: True when its template
+    says ``DISABLE_SCHEDULERS=false``; None when there is no such Deployment (none at all, or one
+    rendered for ``control: lease``, whose pods follow the Lease instead)."""
+    if deployment is None:
+        return None
+    try:
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+    except (KeyError, IndexError, TypeError):
+        return None
+    env = {e.get("name"): e.get("value") for e in container.get("env") or []}
+    if any(str(name).startswith(LEADERSHIP_ENV_PREFIX) for name in env):
+        return None
+    return env.get(SCHEDULER_SWITCH) == "false"
 
 
 def secret_refs(region: Region) -> list[tuple[str, SecretKeyRef]]:
@@ -129,7 +156,21 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def render_deployment(region: Region, default_image: str) -> dict[str, Any]:
+def _tcp_probe(period: int, failures: int) -> dict[str, Any]:
+    return {
+        "tcpSocket": {"port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def render_deployment(
+    region: Region, default_image: str, scheduler_on: bool = False
+) -> dict[str, Any]:
+    """The region's Deployment. With ``control: env`` the image is run as it is (its own
+    entrypoint, probed on its port, no API credentials): all it must honour is the guide's
+    environment (docs/install.md, "Bring your own Memoria image")."""
     spec = region.spec
     resources: dict[str, Any] = {}
     if spec.resources.requests:
@@ -143,7 +184,7 @@ def render_deployment(region: Region, default_image: str) -> dict[str, Any]:
         "command": ["memoria"],
         "args": ["serve", "--host", "0.0.0.0", "--port", str(PORT)],  # noqa: S104
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
-        "env": render_env(region),
+        "env": render_env(region, scheduler_on),
         "resources": resources,
         "readinessProbe": _probe("/healthz", 5, 3),
         "livenessProbe": _probe("/healthz", 10, 6),
@@ -161,6 +202,12 @@ def render_deployment(region: Region, default_image: str) -> dict[str, Any]:
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir
         ],
     }
+    if region.env_control:
+        # any guide-conforming image: its own command, and the kubelet asks only that it
+        # listens (a /healthz is optional; the operator uses it when it answers)
+        del container["command"], container["args"]
+        container["readinessProbe"] = _tcp_probe(5, 3)
+        container["livenessProbe"] = _tcp_probe(10, 6)
     persistent = spec.store.embedded and spec.store.persistence.enabled
     data_volume: dict[str, Any] = (
         {"name": "data", "persistentVolumeClaim": {"claimName": region.data_claim_name}}
@@ -180,7 +227,8 @@ def render_deployment(region: Region, default_image: str) -> dict[str, Any]:
                 "metadata": {"labels": labels(region)},
                 "spec": {
                     "serviceAccountName": region.workload_name,
-                    "automountServiceAccountToken": True,  # the Lease watch needs it
+                    # the Lease watch needs it; an env-controlled image gets no credentials
+                    "automountServiceAccountToken": not region.env_control,
                     "securityContext": {"runAsNonRoot": True, "fsGroup": RUN_AS},
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
@@ -284,7 +332,9 @@ def render_data_claim(region: Region) -> dict[str, Any] | None:
     }
 
 
-def render_all(region: Region, default_image: str) -> list[dict[str, Any]]:
+def render_all(
+    region: Region, default_image: str, scheduler_on: bool = False
+) -> list[dict[str, Any]]:
     """Everything the region owns, in the order it is applied."""
     claim = render_data_claim(region)
     return [
@@ -294,5 +344,5 @@ def render_all(region: Region, default_image: str) -> list[dict[str, Any]]:
         render_role(region),
         render_role_binding(region),
         render_service(region),
-        render_deployment(region, default_image),
+        render_deployment(region, default_image, scheduler_on),
     ]

@@ -17,6 +17,7 @@ from memoria.contract import FENCED_ANNOTATION
 
 from ..health import Health
 from ..model import Region
+from .envcontrol import EnvScheduler, blocking, presumed_stopped
 from .lease import DecisionKind, LeaseFacts, TransitionReason, read_lease
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class Decision:
     acks: dict[str, Ack] = field(default_factory=dict)
     conflict: list[str] = field(default_factory=list)
     unhealthy_for: float | None = None  # failover: how long the old holder was unhealthy
+    presumed_stopped: list[str] = field(default_factory=list)  # env regions judged down
 
 
 @dataclass(kw_only=True)
@@ -80,6 +82,8 @@ class GroupView:
     now: dt.datetime
     mono: float
     renew_interval: float
+    # control env: each such region's DISABLE_SCHEDULERS as its Deployment and pods say
+    schedulers: dict[str, EnvScheduler] = field(default_factory=dict)
 
     def healthy(self, key: str) -> bool:
         h = self.health.get(key)
@@ -168,10 +172,26 @@ def _answer_promotions(view: GroupView, facts: LeaseFacts) -> tuple[dict[str, Ac
     return acks, target
 
 
+def _blip(view: GroupView, new: Region, old: Region | None) -> bool:
+    """A handover that involves a rollout (an env region on either side) lasts seconds, and a
+    machine busy starting pods may miss a probe of the target meanwhile: such a target that may
+    lead and has been unhealthy for less than its own failover bound is waited for rather than
+    given up (the handover is abandoned once it stays unhealthy past the bound)."""
+    if not (new.env_control or (old is not None and old.env_control)) or not new.may_lead:
+        return False
+    health = view.health.get(new.key)
+    if health is None or health.healthy:
+        return False
+    return view.mono - health.since < new.spec.failover.unhealthy_after_seconds
+
+
 def _continue_handover(view: GroupView, facts: LeaseFacts) -> Decision:
     new = view.regions.get(facts.handover_to or "")
     old = facts.handover_from
     reason = facts.reason or TransitionReason.SWITCHOVER
+    old_region = view.regions.get(old or "")
+    if new is not None and _blip(view, new, old_region):
+        return _keep(f"waiting for {new.key} to answer again before it takes over")
     if new is None or _refusal(view, new, False) is not None:
         return Decision(
             kind=DecisionKind.RELEASE,
@@ -180,10 +200,14 @@ def _continue_handover(view: GroupView, facts: LeaseFacts) -> Decision:
                 f"handover to {facts.handover_to} abandoned: target gone or no longer eligible"
             ),
         )
+    if old_region is not None and old_region.env_control:
+        # its image reads DISABLE_SCHEDULERS once and never sees the Lease: the rollout of
+        # true (or its presumed death) is what stops it, checked for every env region by decide
+        return _acquire(new.key, reason, f"{new.key} takes over from {old} ({reason.lower()})")
     old_health = view.health.get(old or "")
     # the old leader confirmed its scheduler stopped, or the grant it saw ran out anyway
     stopped = (
-        old not in view.regions
+        old_region is None
         or facts.expired
         or (old_health is not None and old_health.leading is False)
     )
@@ -297,12 +321,24 @@ def _with_holder(view: GroupView, facts: LeaseFacts, target: Region | None) -> D
     unhealthy_for = view.mono - health.since if health else 0.0
     if unhealthy_for >= current.spec.failover.unhealthy_after_seconds and facts.expired:
         best = view.candidates(failover=True, exclude=holder)
+        why = (
+            f"{holder} unhealthy for {unhealthy_for:.1f}s "
+            f"({health.message if health else 'not probed'}); {best[0].key if best else ''}"
+        )
+        if best and current.env_control:
+            # its scheduler stops only when its Deployment is rolled: empty the holder first
+            return Decision(
+                kind=DecisionKind.HANDOVER,
+                holder=best[0].key,
+                reason=TransitionReason.FAILOVER,
+                message=f"{why} takes over once {holder}'s scheduler has stopped",
+                unhealthy_for=unhealthy_for,
+            )
         if best:
             return _acquire(
                 best[0].key,
                 TransitionReason.FAILOVER,
-                f"{holder} unhealthy for {unhealthy_for:.1f}s "
-                f"({health.message if health else 'not probed'}); {best[0].key} takes over",
+                f"{why} takes over",
                 unhealthy_for=unhealthy_for,
             )
         return _keep(f"{holder} is unhealthy and no standby is eligible")
@@ -321,4 +357,31 @@ def decide(view: GroupView) -> Decision:
         decision = _nobody_leads(view, target, "nobody led")
     else:
         decision = _with_holder(view, facts, target)
-    return replace(decision, acks=acks)
+    return replace(_ordered(view, facts, decision), acks=acks)
+
+
+def _ordered(view: GroupView, facts: LeaseFacts, decision: Decision) -> Decision:
+    """No grant while an env region other than the new holder may still run its scheduler
+    (its DISABLE_SCHEDULERS=true not rolled out, and it is not presumed stopped): the flip is
+    ordered whatever step asked for the grant."""
+    if decision.kind is not DecisionKind.ACQUIRE:
+        return decision
+    waiting = blocking(view, decision.holder, expired=facts.expired)
+    if waiting is not None:
+        region, why = waiting
+        return _keep(f"{decision.holder} is next, waiting for {region}'s scheduler to stop: {why}")
+    presumed = [
+        key
+        for key, state in sorted(view.schedulers.items())
+        if key != decision.holder
+        and not state.stopped
+        and presumed_stopped(view, key, expired=facts.expired)
+    ]
+    if presumed:
+        note = ", ".join(presumed)
+        return replace(
+            decision,
+            presumed_stopped=presumed,
+            message=f"{decision.message}; {note} presumed stopped (down, rollout timed out)",
+        )
+    return decision

@@ -35,6 +35,7 @@ from .endpoint import (
     service_name,
     serving_key,
 )
+from .envcontrol import failover_bound
 from .lease import API_VERSION, DecisionKind, micro_time, next_lease, parse_time, read_lease
 from .status import (
     Event,
@@ -46,6 +47,7 @@ from .status import (
     status_unchanged,
     transition_events,
 )
+from .switches import SchedulerSwitches
 
 log = logging.getLogger("memoria_operator.leadership")
 
@@ -63,6 +65,7 @@ class LeadershipManager:
         self._conflicts: set[str] = set()
         self._services: dict[tuple[str, str], dict[str, Any]] = {}  # group Services applied
         self._foreign_services: set[tuple[str, str]] = set()  # group names taken by others
+        self.switches = SchedulerSwitches(kube)  # DISABLE_SCHEDULERS of control: env regions
 
     # -- inputs from kopf's watches ----------------------------------------------------------
 
@@ -71,6 +74,7 @@ class LeadershipManager:
         if deleted or body["metadata"].get("deletionTimestamp"):
             self.regions.pop(key, None)
             self.health.forget(key)
+            self.switches.forget(key)
         else:
             self.regions[key] = body
         self.wake()
@@ -140,6 +144,7 @@ class LeadershipManager:
     ) -> None:
         lease_path = path_for(API_VERSION, "Lease", namespace, lease_name(group))
         lease = await asyncio.to_thread(self.kube.get, lease_path)
+        schedulers = await asyncio.to_thread(self.switches.observe, members)
         view = GroupView(
             namespace=namespace,
             group=group,
@@ -149,6 +154,7 @@ class LeadershipManager:
             now=dt.datetime.now(dt.UTC),
             mono=time.monotonic(),
             renew_interval=self.config.renew_interval_seconds,
+            schedulers=schedulers,
         )
         decision = decide(view)
         if decision.kind is not DecisionKind.KEEP:
@@ -158,6 +164,7 @@ class LeadershipManager:
                 log.info("lease %s changed under us; deciding again", lease_path)
                 self.wake()
                 return
+        await asyncio.to_thread(self.switches.apply, view, lease)
         serving = await asyncio.to_thread(self._route, view, lease)
         await asyncio.to_thread(self._publish, view, decision, lease, serving)
 
@@ -277,6 +284,14 @@ class LeadershipManager:
         leadership["service"] = service_name(view.group)
         leadership["serving"] = serving.split("/", 1)[1] if serving else ""
         holder = leadership["holder"]
+        bound = failover_bound(
+            view,
+            holder,
+            lease_duration=self.config.lease_duration_seconds,
+            retry_interval=self.config.retry_interval_seconds,
+        )
+        if bound is not None:
+            leadership["failoverBoundSeconds"] = bound
         self.metrics.set_holder(
             view.namespace,
             view.group,
@@ -290,6 +305,9 @@ class LeadershipManager:
         self, view: GroupView, decision: Decision, region: Region, leadership: dict[str, Any]
     ) -> None:
         wanted, cond = region_status(view, decision, region, leadership)
+        scheduler, switch_events = self.switches.status(view, region)
+        if scheduler is not None:
+            wanted["scheduler"] = scheduler
         health = health_conditions(view, region, region.status)
         if heartbeat_due(region.status, view.now, self.config.heartbeat_seconds):
             # status is as of the operator's last look: say when that was, so a status left by
@@ -328,6 +346,7 @@ class LeadershipManager:
         self._post(
             region_events(decision, region.key, conflict_reported=region.key in self._conflicts)
         )
+        self._post(switch_events)
         if region.key in decision.conflict:
             self._conflicts.add(region.key)
         else:

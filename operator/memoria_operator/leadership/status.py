@@ -190,6 +190,19 @@ def region_events(decision: Decision, region_key: str, *, conflict_reported: boo
         events.append(
             Event(regarding=region_key, type=ack.event_type, reason=ack.reason, message=ack.message)
         )
+    if region_key in decision.presumed_stopped:
+        events.append(
+            Event(
+                regarding=region_key,
+                type="Warning",
+                reason="SchedulerPresumedStopped",
+                message=(
+                    f"{region_key} is down and its rollout of DISABLE_SCHEDULERS=true did not "
+                    "complete within spec.scheduler.rolloutTimeoutSeconds; its scheduler is "
+                    f"presumed stopped ({decision.message})"
+                ),
+            )
+        )
     if region_key in decision.conflict and not conflict_reported:
         events.append(
             Event(
