@@ -72,6 +72,11 @@ def running_pod_urls(pods: list[dict[str, Any]]) -> list[str]:
     return urls
 
 
+def _template(pod: dict[str, Any]) -> str:
+    """Which pod template (ReplicaSet) the pod comes from."""
+    return str((pod["metadata"].get("labels") or {}).get("pod-template-hash", ""))
+
+
 def no_pod_serving(pods: list[dict[str, Any]]) -> str:
     deleting = sum(1 for p in pods if p["metadata"].get("deletionTimestamp"))
     starting = len(pods) - deleting
@@ -162,8 +167,9 @@ class HealthTracker:
         self.policy = policy or ProbePolicy()
         self.pods: dict[str, list[dict[str, Any]]] = {}  # each region's pods, as last listed
         self.state: dict[str, Health] = {}
-        # regions whose pods were deleted: when their replacement first answered (None: not yet)
-        self._replaced: dict[str, float | None] = {}
+        # regions whose pods were deleted: (the deleted pods' templates, when a replacement
+        # first answered; None: not yet)
+        self._replaced: dict[str, tuple[frozenset[str], float | None]] = {}
         self._session: aiohttp.ClientSession | None = None
 
     async def session(self) -> aiohttp.ClientSession:
@@ -241,19 +247,28 @@ class HealthTracker:
         replacement has answered for the region's failover bound: a deleted pod is a region
         that went down (the standby takes over within the bound, however fast the
         Deployment replaces it), while a killed container keeps its pod and is judged by its
-        answers alone (the kubelet's restart is no failover)."""
+        answers alone (the kubelet's restart is no failover). A replacement from another pod
+        template is a rollout (a changed spec, or ``control: env`` flipping the scheduler),
+        not an outage: it is judged by its answers alone too."""
         key = region.key
+        pods = self.pods.get(key) or []
         if not ok:
-            pods = self.pods.get(key) or []
-            if key in self._replaced or any(p["metadata"].get("deletionTimestamp") for p in pods):
-                self._replaced[key] = None  # waiting for a replacement to answer
+            deleted = {_template(p) for p in pods if p["metadata"].get("deletionTimestamp")}
+            if deleted or key in self._replaced:
+                before = self._replaced.get(key, (frozenset(), None))[0]
+                self._replaced[key] = (before | deleted, None)  # waiting for a replacement
             return ok, message
         if key not in self._replaced:
             return ok, message
+        templates, first = self._replaced[key]
+        running = {_template(p) for p in pods if not p["metadata"].get("deletionTimestamp")}
+        if running - templates:  # a new template answers: a rollout, not a lost pod
+            del self._replaced[key]
+            return ok, message
         now = time.monotonic()
-        first = self._replaced[key]
         if first is None:
-            self._replaced[key] = first = now
+            first = now
+            self._replaced[key] = (templates, first)
         bound = region.spec.failover.unhealthy_after_seconds
         if now - first >= bound:
             del self._replaced[key]

@@ -265,13 +265,19 @@ def test_a_deleted_pod_keeps_its_region_unhealthy_until_the_replacement_has_serv
             },
         }
     )
+
+    def pod(ip: str, template: str, deleting: bool = False) -> dict[str, Any]:
+        p = _pod(ip, deleting=deleting)
+        p["metadata"]["labels"] = {"pod-template-hash": template}
+        return p
+
     tracker = HealthTracker(timeout=1.0, policy=LOOPBACK)
-    tracker.pods[region.key] = [_pod("10.88.0.9", deleting=True)]
+    tracker.pods[region.key] = [pod("10.88.0.9", "t1", deleting=True)]
     assert tracker._after_deletion(region, False, "no pod can answer") == (
         False,
         "no pod can answer",
     )
-    tracker.pods[region.key] = [_pod("10.88.0.10")]  # the replacement answers 2 s later
+    tracker.pods[region.key] = [pod("10.88.0.10", "t1")]  # the replacement answers 2 s later
     clock[0] += 2
     ok, message = tracker._after_deletion(region, True, "answered")
     assert not ok and "its pod was deleted" in message
@@ -281,4 +287,9 @@ def test_a_deleted_pod_keeps_its_region_unhealthy_until_the_replacement_has_serv
     assert tracker._after_deletion(region, True, "answered") == (True, "answered")
     # a killed container (its pod stays): unhealthy while down, healthy at its first answer
     assert tracker._after_deletion(region, False, "no answer") == (False, "no answer")
+    assert tracker._after_deletion(region, True, "answered") == (True, "answered")
+    # a rollout (Recreate): the old pod goes, one of a new template answers: no outage
+    tracker.pods[region.key] = [pod("10.88.0.10", "t1", deleting=True)]
+    assert not tracker._after_deletion(region, False, "no pod can answer")[0]
+    tracker.pods[region.key] = [pod("10.88.0.11", "t2")]
     assert tracker._after_deletion(region, True, "answered") == (True, "answered")
