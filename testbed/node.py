@@ -312,6 +312,10 @@ def kube_proxy_config(kubeconfig: Path, healthz_port: int, metrics_port: int) ->
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
         "mode": "iptables",
+        # kube-proxy applies at most one endpoint change per minSyncPeriod (1 s by default):
+        # a switchover takes the old leader out and then puts the new one in, two changes, so
+        # the default alone makes a 1 s client-visible gap (docs/leadership.md)
+        "iptables": {"minSyncPeriod": "100ms"},
         "clientConnection": {"kubeconfig": str(kubeconfig)},
         "hostnameOverride": NODE_NAME,
         "bindAddress": NODE_IP,
