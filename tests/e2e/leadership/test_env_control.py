@@ -130,8 +130,12 @@ def test_env_regions_follow_the_lease_through_disable_schedulers(env_bed: Region
         assert not [k for k in env if k.startswith("MEMORIA_LEADERSHIP__")]
         assert env["DISABLE_SCHEDULERS"] == ("false" if name == "region-a" else "true")
     assert bed.scheduling("region-b") is False
+    # the process runs once its rollout did; the status says so at the loop's next step
+    wait_until(
+        lambda: bed.region("region-a")["status"].get("scheduler", {}).get("phase") == "Enabled",
+        what="region-a's status to say Enabled",
+    )
     status = bed.region("region-a")["status"]
-    assert status["scheduler"]["phase"] == "Enabled"
     assert status["leadership"]["failoverBoundSeconds"] >= BOUND
     assert bed.region("region-b")["status"]["scheduler"]["phase"] == "Disabled"
     assert bed.region("region-b")["status"]["role"] == "standby"

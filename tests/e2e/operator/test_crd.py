@@ -175,7 +175,12 @@ def test_defaults_are_applied(crd_installed: KubeTarget, namespace: str) -> None
     assert "channel" not in spec["sync"]  # the runtime's default for the backend (issue 14)
     assert spec["sync"]["enabled"] is True
     assert spec["sync"]["realtimeReplication"] is True
-    assert spec["scheduler"] == {"timeZone": "UTC", "enabled": True}
+    assert spec["scheduler"] == {
+        "timeZone": "UTC",
+        "enabled": True,
+        "control": "lease",
+        "rolloutTimeoutSeconds": 120,
+    }
     assert spec["failover"]["unhealthyAfterSeconds"] == 10
 
 
