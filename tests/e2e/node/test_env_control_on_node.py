@@ -233,7 +233,12 @@ def only_the_new_leader_decrements(drill: EnvDrill, old: str, new: str) -> None:
     leader's log."""
     before = drill.metadata(new)["last_decrement_date"]
     due = dates_due(before, LATE)
-    assert due, "moving to UTC+14 must bring at least one new date"
+    if not due:
+        # an earlier flip of this module already moved the day to UTC+14's, and no zone is
+        # later: no new date can come, so what is left to check is that no date ran twice
+        for name in REGIONS:
+            assert drill.metadata(name)["last_decrement_date"] == before, name
+        return
     pods = {name: drill.pod(name) for name in REGIONS}
     for pod in pods.values():
         status, body = http(

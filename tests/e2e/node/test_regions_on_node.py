@@ -146,7 +146,9 @@ def test_the_group_endpoint_serves_only_the_leaders_pod(drill: Drill) -> None:
 
 
 def test_no_memory_is_lost_when_the_pod_goes(drill: Drill) -> None:
-    drill.set_bound(60)  # the pod's restart must not fail over here
+    # a deleted leader pod hands the Lease over within the bound (docs/leadership.md); the
+    # memories stay in region-a's volume whoever leads
+    drill.set_bound(FAST_BOUND)
     url = region_url(drill.kube, drill.ns, "region-a")
     ids = []
     for i in range(3):
@@ -184,7 +186,12 @@ def test_no_memory_is_lost_when_the_pod_goes(drill: Drill) -> None:
         assert status == 200, (status, body)
         found.append(body["text"])
     assert sorted(found) == ["kept 0", "kept 1", "kept 2"]
-    drill.settled("region-a")
+    drill.settled("region-b", 180)  # the deletion was a failover, not a restart
+    drill.kube.kubectl(  # back to region-a for the next tests
+        "annotate", "mreg", "region-a", "-n", drill.ns, "--overwrite",
+        f"{PROMOTE_ANNOTATION}={time.time():.0f}",
+    )  # fmt: skip
+    drill.settled("region-a", 120)
 
 
 def test_a_killed_container_is_restarted_by_the_kubelet_without_leadership_flapping(
