@@ -141,7 +141,15 @@ class Bed:
                 and mreg_row(self.kube, self.ns, leader).get("READY") == "True"
             )
 
-        eventually(ok, timeout, f"{leader} leading, both Ready", 0.5)
+        try:
+            eventually(ok, timeout, f"{leader} leading, both Ready", 0.5)
+        except AssertionError:  # say what every view showed, for whoever reads the log
+            print(self.kube.kubectl("get", "mreg,pods", "-n", self.ns, "-o", "wide").stdout)
+            print("endpoint:", endpoint_ips(self.kube, self.ns, GROUP_ENDPOINT))
+            print("lease holder:", lease_holder(self.kube, self.ns, SCHEDULER_LEASE))
+            events = self.kube.kubectl("get", "events", "-n", self.ns, "--sort-by=.lastTimestamp")
+            print("\n".join(events.stdout.splitlines()[-25:]))
+            raise
 
     def region_url(self, region: str) -> str:
         return f"http://{cluster_ip(self.kube, self.ns, f'memoria-{region}')}:8080"
