@@ -29,6 +29,7 @@ from testbed.cluster import env_of, get
 from testbed.harness import OperatorRun, running_operator
 from testbed.kube import KubeTarget
 from testbed.regions import LeadershipSampler, RegionBed, dates_due, region_bed
+from testbed.rollouts import Rollout
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -99,10 +100,18 @@ def assert_only_decrements_after_the_flip(bed: RegionBed, old: str, new: str) ->
 def rollout_order(bed: RegionBed, off: str, on: str) -> None:
     """The old leader's rollout to DISABLE_SCHEDULERS=true was complete before the new leader's
     rollout to false began."""
-    assert bed.rollouts is not None
-    disabled = [r for r in bed.rollouts.rollouts_of(off) if r.disable_schedulers == "true"]
-    enabled = [r for r in bed.rollouts.rollouts_of(on) if r.disable_schedulers == "false"]
-    assert disabled and enabled, bed.rollouts.history
+    player = bed.rollouts
+    assert player is not None
+
+    def recorded() -> tuple[list[Rollout], list[Rollout]]:
+        disabled = [r for r in player.rollouts_of(off) if r.disable_schedulers == "true"]
+        enabled = [r for r in player.rollouts_of(on) if r.disable_schedulers == "false"]
+        return disabled, enabled
+
+    # the player records a rollout once its status is written, a moment after the new
+    # process started (which is what the caller waited for)
+    wait_until(lambda: all(recorded()), 30, "both rollouts recorded")
+    disabled, enabled = recorded()
     assert disabled[-1].finished <= enabled[-1].started, bed.rollouts.history
 
 
