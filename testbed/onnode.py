@@ -463,6 +463,21 @@ def scheduler_leading(pod_ip: str) -> bool:
     return status == 200 and bool(scheduler.get("leading"))
 
 
+def forbidden_lines(log: str) -> list[str]:
+    """The operator log's lines that report a 403 or Forbidden, except the API server refusing
+    new objects in a namespace being deleted (another test's namespace, its region reconciled
+    one last time): that is no RBAC gap. A client error spans a few lines (status, reason,
+    body), so each report is read with the three lines after it."""
+    lines = log.splitlines()
+    bad = []
+    for i, line in enumerate(lines):
+        if " 403" in line or "(403)" in line or "Forbidden" in line or "forbidden" in line:
+            block = " ".join(lines[i : i + 4])
+            if "NamespaceTerminating" not in block and "is being terminated" not in block:
+                bad.append(line)
+    return bad
+
+
 def logs(kube: KubeTarget, ns: str, pod: str, previous: bool = False) -> str:
     args = ["logs", "-n", ns, pod, *(["--previous"] if previous else [])]
     return kube.kubectl(*args, check=False).stdout

@@ -48,7 +48,8 @@ from testbed.onnode import (
 )
 from testbed.regions import dates_due
 
-pytestmark = [pytest.mark.e2e, pytest.mark.node]
+# each test waits on several real rollouts: beside the rest of CI one took over 300 s
+pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.timeout(900)]
 
 BOUND = 30  # spec.failover.unhealthyAfterSeconds: above a region pod's restart on the node
 ROLLOUT_TIMEOUT = 60

@@ -16,6 +16,7 @@ from testbed.node import RunningNode
 from testbed.onnode import (
     OperatorRelease,
     eventually,
+    forbidden_lines,
     lease_holder,
     logs,
     operator_pods,
@@ -121,7 +122,7 @@ def test_the_chart_rbac_is_enough_no_forbidden_while_reconciling(
     pod = _the_operator_pod(kube, node_operator)["metadata"]["name"]
     text = logs(kube, node_operator.namespace, pod)
     assert text, "no operator log"
-    bad = [line for line in text.splitlines() if "403" in line or "forbidden" in line.lower()]
+    bad = forbidden_lines(text)
     assert not bad, "\n".join(bad[:20])
 
 

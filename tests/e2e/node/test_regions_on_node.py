@@ -35,6 +35,7 @@ from testbed.onnode import (
     endpoint_ips,
     ensure_redis_image,
     eventually,
+    forbidden_lines,
     http,
     logs,
     operator_pods,
@@ -350,5 +351,5 @@ def test_the_operator_log_has_no_forbidden_after_the_drill(
 ) -> None:
     for pod in operator_pods(drill.kube, node_operator):
         text = logs(drill.kube, node_operator.namespace, pod["metadata"]["name"])
-        bad = [line for line in text.splitlines() if " 403" in line or "Forbidden" in line]
+        bad = forbidden_lines(text)
         assert not bad, "\n".join(bad[:20])
