@@ -14,6 +14,7 @@ from .kube import KubeTarget
 from .node import RunningNode
 from .onnode import (
     GROUP_ENDPOINT,
+    PROMOTE_ANNOTATION,
     SCHEDULER_LEASE,
     endpoint_ips,
     eventually,
@@ -66,6 +67,13 @@ class Drill:
                 "-p",
                 f'{{"spec": {{"failover": {{"unhealthyAfterSeconds": {seconds}}}}}}}',
             )
+
+    def promote(self, region: str) -> None:
+        """Ask for a switchover to ``region``, as a user does: a fresh promote annotation."""
+        self.kube.kubectl(
+            "annotate", "mreg", region, "-n", self.ns, "--overwrite",
+            f"{PROMOTE_ANNOTATION}={time.time():.0f}",
+        )  # fmt: skip
 
     def row(self, region: str) -> dict[str, str]:
         return mreg_row(self.kube, self.ns, region)

@@ -27,7 +27,6 @@ from testbed.node import RunningNode
 from testbed.onnode import (
     GROUP_ENDPOINT,
     HANDOVER_ANNOTATION,
-    PROMOTE_ANNOTATION,
     SCHEDULER_LEASE,
     OperatorRelease,
     container_pid,
@@ -188,10 +187,7 @@ def test_no_memory_is_lost_when_the_pod_goes(drill: Drill) -> None:
         found.append(body["text"])
     assert sorted(found) == ["kept 0", "kept 1", "kept 2"]
     drill.settled("region-b", 180)  # the deletion was a failover, not a restart
-    drill.kube.kubectl(  # back to region-a for the next tests
-        "annotate", "mreg", "region-a", "-n", drill.ns, "--overwrite",
-        f"{PROMOTE_ANNOTATION}={time.time():.0f}",
-    )  # fmt: skip
+    drill.promote("region-a")  # back to region-a for the next tests
     drill.settled("region-a", 120)
 
 
@@ -288,15 +284,7 @@ def test_a_frozen_leader_fails_over_within_the_bound(drill: Drill) -> None:
 def test_switchover_by_annotation(drill: Drill) -> None:
     drill.settled("region-b")
     start = time.monotonic()
-    drill.kube.kubectl(
-        "annotate",
-        "mreg",
-        "region-a",
-        "-n",
-        drill.ns,
-        "--overwrite",
-        f"{PROMOTE_ANNOTATION}={time.time():.0f}",
-    )
+    drill.promote("region-a")
     drill.settled("region-a", 60)
     print(f"switchover to region-a seen everywhere in {time.monotonic() - start:.1f}s")
 
@@ -318,10 +306,7 @@ def test_a_switchover_is_finished_by_the_next_operator_pod_when_this_one_dies_mi
     pid = container_pid(drill.node, pod)
     os.kill(pid, signal.SIGSTOP)
     try:
-        drill.kube.kubectl(
-            "annotate", "mreg", "region-a", "-n", drill.ns, "--overwrite",
-            f"{PROMOTE_ANNOTATION}={time.time():.0f}",
-        )  # fmt: skip
+        drill.promote("region-a")
 
         def handing_over() -> bool:
             lease = drill.kube.get_json("lease", SCHEDULER_LEASE, "-n", drill.ns)
