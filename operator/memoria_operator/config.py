@@ -60,6 +60,12 @@ class OperatorConfig(BaseSettings):
     election_lease_name: str = "memoria-operator"
     election_namespace: str = Field(default="default", min_length=1)
     metrics_port: int = Field(default=8081, ge=0, le=65535)  # 0: no metrics endpoint
+    # groups across clusters (spec.quorum): this cluster's name in them, where the peer
+    # clusters' kubeconfigs are mounted (one directory per peer, named after it, holding
+    # `kubeconfig`), and how far two clocks may drift apart (each grant is shortened by it)
+    cluster_name: str = Field(default="", pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$")
+    peers_dir: str = "/etc/memoria/peers"
+    max_clock_skew_seconds: float = Field(default=1.0, ge=0, le=60)
 
     @field_validator("health_url_allow")
     @classmethod
@@ -84,6 +90,14 @@ class OperatorConfig(BaseSettings):
                 f"MEMORIA_OPERATOR_LEASE_DURATION_SECONDS={d}, "
                 f"MEMORIA_OPERATOR_RENEW_INTERVAL_SECONDS={r}, "
                 f"MEMORIA_OPERATOR_RETRY_INTERVAL_SECONDS={t}"
+            )
+        if self.cluster_name and not d - self.max_clock_skew_seconds > r:
+            raise ValueError(
+                "a grant across clusters lasts the Lease duration less the clock-skew bound and "
+                "must outlast the renew interval, got "
+                f"MEMORIA_OPERATOR_LEASE_DURATION_SECONDS={d}, "
+                f"MEMORIA_OPERATOR_MAX_CLOCK_SKEW_SECONDS={self.max_clock_skew_seconds}, "
+                f"MEMORIA_OPERATOR_RENEW_INTERVAL_SECONDS={r}"
             )
         return self
 

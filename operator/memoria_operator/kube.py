@@ -60,9 +60,10 @@ def region_path(namespace: str, name: str) -> str:
 
 
 class Kube:
-    def __init__(self, api_client: Any, timeout: float = 10.0) -> None:
+    def __init__(self, api_client: Any, timeout: float = 10.0, *, liveness: bool = True) -> None:
         self.api = api_client
         self.timeout = timeout
+        self.liveness = liveness  # False for a peer cluster's API: it says nothing of ours
 
     def request(
         self,
@@ -81,7 +82,7 @@ class Kube:
             content_type=content_type,
             timeout=self.timeout,
         )
-        if resp.status < 500:
+        if resp.status < 500 and self.liveness:
             LIVENESS.api_answered()  # readiness: the API server is reachable and answering
         if not 200 <= resp.status <= 299:
             raise ApiException(http_resp=resp)

@@ -80,6 +80,14 @@ class FailoverSpec(_Model):
     eligible: bool = True
 
 
+class QuorumSpec(_Model):
+    """A group whose regions live in several clusters: its leadership is a majority of Leases,
+    one per cluster named here (docs/leadership.md, "Leadership across clusters")."""
+
+    cluster: str  # the cluster this region runs in, as the group names it
+    clusters: list[str]  # every cluster of the group, this one included; also the failover order
+
+
 class Resources(_Model):
     requests: dict[str, Any] = Field(default_factory=dict)
     limits: dict[str, Any] = Field(default_factory=dict)
@@ -106,6 +114,7 @@ class RegionSpec(_Model):
     store: StoreSpec = Field(default_factory=StoreSpec)
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, alias="apiKeySecretRef")
     failover: FailoverSpec = Field(default_factory=FailoverSpec)
+    quorum: QuorumSpec | None = None
 
     @field_validator("api_key_secret_ref", mode="before")
     @classmethod
@@ -146,6 +155,15 @@ class Region(_Model):
     def key(self) -> str:
         """``<namespace>/<name>``: the Lease holder identity of this region."""
         return holder_identity(self.namespace, self.name)
+
+    @property
+    def identity(self) -> str:
+        """How the group's Leases name this region when it leads: its key, prefixed with its
+        cluster when the group spans clusters (``<cluster>/<namespace>/<name>``), so regions
+        of the same name in two clusters are never taken for each other."""
+        if self.spec.quorum is None:
+            return self.key
+        return f"{self.spec.quorum.cluster}/{self.key}"
 
     @property
     def group_key(self) -> tuple[str, str]:

@@ -113,7 +113,7 @@ def render_env(region: Region, scheduler_on: bool = False) -> list[dict[str, Any
         env += [
             _plain(f"{LEADERSHIP_ENV_PREFIX}LEASE_NAME", region.lease_name),
             _plain(f"{LEADERSHIP_ENV_PREFIX}LEASE_NAMESPACE", region.namespace),
-            _plain(f"{LEADERSHIP_ENV_PREFIX}IDENTITY", region.key),
+            _plain(f"{LEADERSHIP_ENV_PREFIX}IDENTITY", region.identity),
         ]
     return env
 

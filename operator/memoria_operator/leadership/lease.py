@@ -63,6 +63,7 @@ class TransitionReason(StrEnum):
     FAILOVER = "Failover"
     FENCED = "Fenced"
     RELEASED = "Released"
+    QUORUM_LOST = "QuorumLost"  # across clusters: the holder could not renew a majority
 
     @classmethod
     def recorded(cls, raw: str | None) -> TransitionReason | None:

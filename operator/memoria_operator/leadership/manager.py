@@ -27,6 +27,7 @@ from ..liveness import LIVENESS
 from ..metrics import OperatorMetrics
 from ..model import Region
 from ..render import selector
+from .crosscluster import CrossCluster
 from .decide import Decision, GroupView, decide
 from .endpoint import (
     label_patches,
@@ -66,6 +67,7 @@ class LeadershipManager:
         self._services: dict[tuple[str, str], dict[str, Any]] = {}  # group Services applied
         self._foreign_services: set[tuple[str, str]] = set()  # group names taken by others
         self.switches = SchedulerSwitches(kube)  # DISABLE_SCHEDULERS of control: env regions
+        self.cross_cluster = CrossCluster(self)  # groups whose regions set spec.quorum
 
     # -- inputs from kopf's watches ----------------------------------------------------------
 
@@ -142,6 +144,9 @@ class LeadershipManager:
     async def step(
         self, namespace: str, group: str, members: dict[str, Region], health: dict[str, Health]
     ) -> None:
+        if any(r.spec.quorum is not None for r in members.values()):
+            await self.cross_cluster.step(namespace, group, members, health)
+            return
         lease_path = path_for(API_VERSION, "Lease", namespace, lease_name(group))
         lease = await asyncio.to_thread(self.kube.get, lease_path)
         schedulers = await asyncio.to_thread(self.switches.observe, members)
@@ -225,9 +230,14 @@ class LeadershipManager:
         """Point the group's write endpoint at the region that should serve it; return that
         region's key. The label comes off every other region's pods before it goes on the
         serving region's, so the endpoint never holds two regions."""
-        self._ensure_group_service(view)
         facts = read_lease(lease, view.now)
         serving = serving_key(facts, view.healthy)
+        self.label_serving(view, serving)
+        return serving
+
+    def label_serving(self, view: GroupView, serving: str | None) -> None:
+        """Put the serving label on ``serving``'s pods only (None: nobody's)."""
+        self._ensure_group_service(view)
         order = sorted(view.regions.values(), key=lambda r: r.key == serving)  # others first
         for region in order:
             pods = self.health.pods.get(region.key)  # listed by this tick's probes
@@ -241,7 +251,6 @@ class LeadershipManager:
                     self.kube.merge_patch(path_for("v1", "Pod", region.namespace, name), patch)
                 except Exception as exc:  # a pod gone meanwhile; the next tick looks again
                     log.info("could not relabel pod %s/%s: %s", region.namespace, name, exc)
-        return serving
 
     def _ensure_group_service(self, view: GroupView) -> None:
         owners = [(r.name, r.uid) for r in view.regions.values() if r.uid]
@@ -299,9 +308,9 @@ class LeadershipManager:
             holder.split("/", 1)[-1] if holder else None,
         )
         for region in view.regions.values():
-            self._publish_region(view, decision, region, leadership)
+            self.publish_region(view, decision, region, leadership)
 
-    def _publish_region(
+    def publish_region(
         self, view: GroupView, decision: Decision, region: Region, leadership: dict[str, Any]
     ) -> None:
         wanted, cond = region_status(view, decision, region, leadership)

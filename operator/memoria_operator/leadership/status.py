@@ -109,7 +109,7 @@ def region_status(
     """(the status fields to set, the ``LeadershipValid`` condition) for one region."""
     h = view.health.get(region.key)
     ack = decision.acks.get(region.key)
-    role: Role = "leader" if region.key == leadership["holder"] else "standby"
+    role: Role = "leader" if region.identity == leadership["holder"] else "standby"
     # the last promote request answered: this step's answer, else the one already recorded
     last_promotion = (
         {"lastPromotion": ack.value}

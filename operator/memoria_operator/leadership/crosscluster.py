@@ -1,0 +1,534 @@
+"""The I/O of leadership across clusters: read every cluster's vote, :func:`~.quorum.decide_quorum`
+one step, write the votes it names, and tell this cluster's regions (status, Events, the group's
+write endpoint).
+
+Each peer cluster is reached with a kubeconfig mounted under ``MEMORIA_OPERATOR_PEERS_DIR/<name>/
+kubeconfig`` (the chart mounts one Secret per peer there). A peer's credentials need nothing but
+get/update on the group's Lease in the group's namespace; every call to a peer is bounded by the
+retry interval, so a cut link costs one retry interval, never a stuck loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from memoria.contract import lease_name
+
+from ..kube import Conflict, Kube, path_for
+from ..model import Region
+from .decide import Ack, AckReason, Decision, DecisionKind, GroupView
+from .lease import API_VERSION, MANAGED_BY, TransitionReason, empty_lease
+from .quorum import (
+    Plan,
+    QuorumDecision,
+    QuorumState,
+    QuorumView,
+    Vote,
+    decide_quorum,
+    emptied_vote,
+    renewed_vote,
+    requested_vote,
+    taken_vote,
+)
+from .status import lease_status
+
+if TYPE_CHECKING:
+    from ..health import Health
+    from .manager import LeadershipManager
+
+log = logging.getLogger("memoria_operator.leadership.quorum")
+
+
+class Peers:
+    """API clients for the peer clusters, loaded from their mounted kubeconfigs (again whenever
+    the file changes: a rotated Secret is picked up without a restart)."""
+
+    def __init__(self, directory: str, timeout: float) -> None:
+        self.directory = Path(directory)
+        self.timeout = timeout
+        self._clients: dict[str, tuple[float, Kube]] = {}
+
+    def client(self, cluster: str) -> Kube | str:
+        """The peer's client, or why there is none."""
+        path = self.directory / cluster / "kubeconfig"
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return f"no credentials for cluster {cluster} (expected {path})"
+        cached = self._clients.get(cluster)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        from memoria.contract import load_api_client
+
+        try:
+            kube = Kube(load_api_client(str(path)), timeout=self.timeout, liveness=False)
+        except Exception as exc:  # a bad kubeconfig: say which, not its contents
+            return (
+                f"credentials for cluster {cluster} in {path} cannot be used ({type(exc).__name__})"
+            )
+        self._clients[cluster] = (mtime, kube)
+        return kube
+
+
+def quorum_problem(members: dict[str, Region], cluster_name: str) -> str | None:
+    """Why this operator cannot take part in the group as its regions describe it, if it cannot."""
+    specs = {
+        (r.spec.quorum.cluster, tuple(r.spec.quorum.clusters)) if r.spec.quorum else None
+        for r in members.values()
+    }
+    if None in specs:
+        return "some regions of the group set spec.quorum and others do not; set it on all"
+    if len(specs) > 1:
+        return "the group's regions disagree on spec.quorum (cluster and clusters must match)"
+    if not cluster_name:
+        return (
+            "spec.quorum is set but this operator has no cluster name "
+            "(chart value federation.cluster, env MEMORIA_OPERATOR_CLUSTER_NAME)"
+        )
+    quorum = next(iter(members.values())).spec.quorum
+    assert quorum is not None
+    if quorum.cluster != cluster_name:
+        return (
+            f"spec.quorum.cluster is {quorum.cluster!r} but this operator runs in cluster "
+            f"{cluster_name!r}"
+        )
+    return None
+
+
+class CrossCluster:
+    """One per operator: the state of each group across clusters, and its steps."""
+
+    def __init__(self, manager: LeadershipManager) -> None:
+        self.manager = manager
+        cfg = manager.config
+        self.config = cfg
+        self.peers = Peers(cfg.peers_dir, cfg.retry_interval_seconds)
+        # this cluster's Lease is read and written with the same short bound as the peers'
+        self.own = Kube(manager.kube.api, timeout=cfg.retry_interval_seconds)
+        self.states: dict[tuple[str, str], QuorumState] = {}
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _client(self, cluster: str) -> Kube | str:
+        return self.own if cluster == self.config.cluster_name else self.peers.client(cluster)
+
+    def _read(self, cluster: str, path: str) -> tuple[dict[str, Any] | None, str | None]:
+        client = self._client(cluster)
+        if isinstance(client, str):
+            return None, client
+        try:
+            return client.get(path), None
+        except Exception as exc:
+            return None, _why(exc)
+
+    async def _votes(
+        self, namespace: str, group: str, clusters: list[str], state: QuorumState
+    ) -> dict[str, Vote]:
+        path = path_for(API_VERSION, "Lease", namespace, lease_name(group))
+        read = await asyncio.gather(*(asyncio.to_thread(self._read, c, path) for c in clusters))
+        mono = time.monotonic()
+        votes = {}
+        for cluster, (got, failed) in zip(clusters, read, strict=True):
+            lease, error = got, failed
+            if cluster == self.config.cluster_name and error is None and lease is None:
+                lease, error = await asyncio.to_thread(self._create_own, namespace, group)
+            age = state.observations.age(cluster, lease, mono) if error is None else 0.0
+            votes[cluster] = Vote(cluster=cluster, lease=lease, error=error, unchanged_for=age)
+        return votes
+
+    def _create_own(self, namespace: str, group: str) -> tuple[dict[str, Any] | None, str | None]:
+        """This cluster's vote, created empty the first time (peers may not create Leases)."""
+        body = empty_lease(namespace, lease_name(group), labels=MANAGED_BY)
+        try:
+            return self.own.create(path_for(API_VERSION, "Lease", namespace), body), None
+        except Conflict:
+            return self._read(
+                self.config.cluster_name,
+                path_for(API_VERSION, "Lease", namespace, lease_name(group)),
+            )
+        except Exception as exc:
+            return None, _why(exc)
+
+    # -- one step --------------------------------------------------------------------------
+
+    async def step(
+        self,
+        namespace: str,
+        group: str,
+        members: dict[str, Region],
+        health: dict[str, Health],
+    ) -> None:
+        problem = quorum_problem(members, self.config.cluster_name)
+        state = self.states.setdefault((namespace, group), QuorumState())
+        if problem is not None:
+            await asyncio.to_thread(
+                partial(
+                    self._publish,
+                    namespace=namespace,
+                    group=group,
+                    members=members,
+                    health=health,
+                    own=None,
+                    votes={},
+                    message=problem,
+                    acks={},
+                    misconfigured=True,
+                )
+            )
+            return
+        quorum = next(iter(members.values())).spec.quorum
+        assert quorum is not None
+        votes = await self._votes(namespace, group, list(quorum.clusters), state)
+        view = QuorumView(
+            cluster=self.config.cluster_name,
+            clusters=list(quorum.clusters),
+            votes=votes,
+            regions=members,
+            health=health,
+            state=state,
+            mono=time.monotonic(),
+            duration=self.config.lease_duration_seconds,
+            skew=self.config.max_clock_skew_seconds,
+            renew_interval=self.config.renew_interval_seconds,
+            retry_interval=self.config.retry_interval_seconds,
+        )
+        decision = decide_quorum(view)
+        acks = await self._forward(namespace, group, view, decision)
+        votes = await self._act(namespace, group, view, decision) or votes
+        own = votes[self.config.cluster_name].lease
+        await asyncio.to_thread(
+            partial(
+                self._publish,
+                namespace=namespace,
+                group=group,
+                members=members,
+                health=health,
+                own=own,
+                votes=votes,
+                message=decision.message,
+                acks=acks,
+            )
+        )
+
+    async def _act(
+        self, namespace: str, group: str, view: QuorumView, decision: QuorumDecision
+    ) -> dict[str, Vote] | None:
+        """Carry out the plan; the votes as written (None: nothing written)."""
+        plan = decision.plan
+        if plan is Plan.KEEP:
+            return None
+        now = dt.datetime.now(dt.UTC)
+        started = time.monotonic()
+        grant = view.grant_seconds
+        state = view.state
+        identity = decision.identity or ""
+        if plan is Plan.STEP_DOWN:
+            own = view.own.lease or {}
+            body = emptied_vote(own, target=decision.target, reason=_reason(decision), now=now)
+            written = await self._write_all(namespace, group, {view.cluster: body})
+            state.stepped_down_at = started
+            state.renewed_at = None
+            self._event(
+                view,
+                identity,
+                "Warning" if decision.target is None else "Normal",
+                "SteppingDown",
+                f"{decision.message}; its scheduler stops now"
+                + (
+                    ""
+                    if view.cluster in written
+                    else " (this cluster's Lease could not be written: the grant runs out)"
+                ),
+            )
+            return _merged(view, written)
+        if plan is Plan.RELEASE:
+            bodies = {
+                c: emptied_vote(
+                    view.votes[c].lease or {},
+                    target=decision.target,
+                    reason=_reason(decision),
+                    now=now,
+                )
+                for c in decision.votes
+            }
+            written = await self._write_all(namespace, group, bodies)
+            self._event(
+                view,
+                identity,
+                "Normal",
+                "VotesReleased",
+                f"{decision.message} ({len(written)} of {len(bodies)} written)"
+                + (f"; {decision.target} may take them now" if decision.target else ""),
+            )
+            return _merged(view, written)
+        if plan is Plan.RENEW:
+            bodies = {
+                c: renewed_vote(
+                    view.votes[c].lease or {}, now=now, grant=grant, extend=decision.extend
+                )
+                for c in decision.votes
+            }
+            written = await self._write_all(namespace, group, bodies)
+            if len(written) + 1 >= view.majority:
+                own_body = renewed_vote(
+                    view.own.lease or {}, now=now, grant=grant, extend=decision.extend
+                )
+                written.update(await self._write_all(namespace, group, {view.cluster: own_body}))
+            if view.cluster in written and len(written) >= view.majority:
+                state.renewed_at = started
+                if decision.extend:
+                    state.granted_at = started
+                self.manager.metrics.renewed(namespace, group)
+                return _merged(view, written)
+            # a majority is gone (or this cluster's own Lease): stop before anyone else starts
+            failed = QuorumDecision(
+                plan=Plan.STEP_DOWN,
+                identity=identity,
+                reason=TransitionReason.QUORUM_LOST,
+                message=(
+                    f"{identity} could renew {len(written)} of {len(view.clusters)} votes "
+                    f"({view.majority} needed, this cluster's among them)"
+                ),
+            )
+            log.warning("group %s/%s: %s; stepping down", namespace, group, failed.message)
+            merged = _merged(view, written)
+            fresh = QuorumView(**{**view.__dict__, "votes": merged})
+            return await self._act(namespace, group, fresh, failed)
+        # ACQUIRE
+        bodies = {
+            c: taken_vote(
+                view.votes[c].lease or {},
+                holder=identity,
+                token=decision.token,
+                now=now,
+                grant=grant,
+                reason=_reason(decision),
+            )
+            for c in decision.votes
+        }
+        written = await self._write_all(namespace, group, bodies)
+        if len(written) + 1 >= view.majority:
+            own_body = taken_vote(
+                view.own.lease or {},
+                holder=identity,
+                token=decision.token,
+                now=now,
+                grant=grant,
+                reason=_reason(decision),
+            )
+            written.update(await self._write_all(namespace, group, {view.cluster: own_body}))
+        if view.cluster in written and len(written) >= view.majority:
+            state.renewed_at = state.granted_at = started
+            state.stepped_down_at = None
+            log.info(
+                "group %s/%s: %s [fencing token %d]",
+                namespace,
+                group,
+                decision.message,
+                decision.token,
+            )
+            self.manager.metrics.transitions.labels(namespace, group, str(_reason(decision))).inc()
+            self._event(
+                view,
+                identity,
+                "Normal",
+                "LeadershipAcquired",
+                f"{decision.message}; fencing token {decision.token}",
+            )
+            return _merged(view, written)
+        # no majority: give back what was taken, so the others need not wait it out
+        log.info(
+            "group %s/%s: %s failed: %d of %d votes written; giving them back",
+            namespace,
+            group,
+            identity,
+            len(written),
+            len(view.clusters),
+        )
+        back = {
+            c: emptied_vote(b, target=None, reason=TransitionReason.RELEASED, now=now)
+            for c, b in written.items()
+        }
+        await self._write_all(namespace, group, back)
+        return None
+
+    async def _write_all(
+        self, namespace: str, group: str, bodies: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        """Write each cluster's vote (guarded by the resourceVersion it carries) in parallel;
+        the ones written."""
+        path = path_for(API_VERSION, "Lease", namespace, lease_name(group))
+
+        def write(cluster: str, body: dict[str, Any]) -> dict[str, Any] | None:
+            client = self._client(cluster)
+            if isinstance(client, str):
+                return None
+            try:
+                return client.replace(path, body)
+            except Exception as exc:
+                log.info("vote in cluster %s not written: %s", cluster, _why(exc))
+                return None
+
+        items = list(bodies.items())
+        done = await asyncio.gather(*(asyncio.to_thread(write, c, b) for c, b in items))
+        return {c: w for (c, _), w in zip(items, done, strict=True) if w is not None}
+
+    async def _forward(
+        self, namespace: str, group: str, view: QuorumView, decision: QuorumDecision
+    ) -> dict[str, Ack]:
+        """Put this cluster's promote requests on every vote it can reach (the holder's
+        operator, wherever it runs, sees them there); answer each request once, when it is
+        on at least one vote or refused."""
+        acks: dict[str, Ack] = {}
+        holder = view.group_holder()
+        for region in view.regions.values():
+            value = region.promote_request
+            if not value or value == (region.status.get("leadership") or {}).get("lastPromotion"):
+                continue
+            if region.identity == holder:
+                acks[region.key] = Ack(
+                    value=value,
+                    reason=AckReason.ALREADY_LEADER,
+                    message=f"{region.identity} already leads the group",
+                )
+            elif not region.may_lead or not view.healthy(region):
+                why = "it is fenced" if region.fenced else "it may not lead now"
+                if region.may_lead:
+                    why = "it is not healthy"
+                acks[region.key] = Ack(
+                    value=value,
+                    reason=AckReason.PROMOTION_REFUSED,
+                    message=f"promotion of {region.identity} refused: {why}",
+                )
+        for identity, value in decision.forward:
+            bodies = {
+                c: requested_vote(v.lease, identity, value)
+                for c, v in view.votes.items()
+                if v.reachable and v.lease is not None
+            }
+            written = await self._write_all(namespace, group, bodies)
+            if not written:
+                continue  # asked again at the next step
+            region = view.by_identity[identity]
+            acks[region.key] = Ack(
+                value=value,
+                reason=AckReason.SWITCHOVER_STARTED,
+                message=(
+                    f"switchover to {identity} requested on {len(written)} of "
+                    f"{len(view.clusters)} clusters' Leases ({value})"
+                ),
+            )
+        return acks
+
+    # -- telling the regions ---------------------------------------------------------------
+
+    def _event(
+        self, view: QuorumView, identity: str, type_: str, reason: str, message: str
+    ) -> None:
+        region = view.by_identity.get(identity)
+        body = self.manager.regions.get(region.key) if region is not None else None
+        if body is not None:
+            self.manager.kube.event(body, type_, reason, message)  # type: ignore[arg-type]
+
+    def _publish(
+        self,
+        *,
+        namespace: str,
+        group: str,
+        members: dict[str, Region],
+        health: dict[str, Health],
+        own: dict[str, Any] | None,
+        votes: dict[str, Vote],
+        message: str,
+        acks: dict[str, Ack],
+        misconfigured: bool = False,
+    ) -> None:
+        leadership = lease_status(group, own)
+        holder = leadership["holder"]
+        count = sum(1 for v in votes.values() if v.reachable and holder and v.holder == holder)
+        leadership["quorum"] = {
+            "cluster": self.config.cluster_name,
+            "votes": f"{count}/{len(votes)}" if votes else "",
+            "clusters": [
+                {
+                    "name": c,
+                    "reachable": v.reachable,
+                    "holder": v.holder or "",
+                    "transitions": v.token,
+                    **({"message": v.error} if v.error else {}),
+                }
+                for c, v in votes.items()
+            ],
+        }
+        local_holder = next((r for r in members.values() if r.identity == holder), None)
+        serving = None
+        view = GroupView(
+            namespace=namespace,
+            group=group,
+            lease=own,
+            regions=members,
+            health=health,
+            now=dt.datetime.now(dt.UTC),
+            mono=time.monotonic(),
+            renew_interval=self.config.renew_interval_seconds,
+        )
+        if local_holder is not None and view.healthy(local_holder.key):
+            serving = local_holder.key
+        self.manager.label_serving(view, serving)
+        leadership["service"] = f"memoria-{group}-rw"
+        leadership["serving"] = serving.split("/", 1)[1] if serving else ""
+        decision = Decision(
+            kind=DecisionKind.KEEP,
+            message=message,
+            acks=acks,
+            conflict=list(members) if misconfigured else [],
+        )
+        state = self.states.setdefault((namespace, group), QuorumState())
+        if holder != (state.last_holder or "") and own is not None:
+            for region in members.values():
+                body = self.manager.regions.get(region.key)
+                if body is not None:
+                    self.manager.kube.event(
+                        body,
+                        "Normal",
+                        "GroupLeaderChanged",
+                        f"the group's leader is now {holder or 'nobody'} "
+                        f"({leadership.get('lastTransitionReason', '')}, fencing token "
+                        f"{leadership['transitions']}; votes {leadership['quorum']['votes']})",
+                    )
+            state.last_holder = holder
+        self.manager.metrics.set_holder(
+            namespace,
+            group,
+            [r.name for r in members.values()],
+            holder.split("/", 1)[-1] if holder else None,
+        )
+        for region in members.values():
+            self.manager.publish_region(view, decision, region, leadership)
+
+
+def _reason(decision: QuorumDecision) -> TransitionReason:
+    return decision.reason or TransitionReason.RELEASED
+
+
+def _merged(view: QuorumView, written: dict[str, dict[str, Any]]) -> dict[str, Vote]:
+    return {
+        c: (Vote(cluster=c, lease=written[c], unchanged_for=0.0) if c in written else v)
+        for c, v in view.votes.items()
+    }
+
+
+def _why(exc: Exception) -> str:
+    """A short reason for a failed call to an API server (never a credential)."""
+    status = getattr(exc, "status", None)
+    if isinstance(exc, Conflict):
+        return "changed since it was read (conflict)"
+    if status:
+        return f"HTTP {status} {getattr(exc, 'reason', '')}".strip()
+    return type(exc).__name__
