@@ -255,7 +255,7 @@ def request_promotion(settings: LeadershipSettings) -> str:
         )
     from kubernetes.client.exceptions import ApiException
 
-    namespace, name = settings.identity.split("/", 1)
+    namespace, name = settings.identity.split("/")[-2:]  # a cluster prefix names no object
     api_client = load_kube_config(settings.kubeconfig)
     # seconds since the epoch, like `date +%s` in the documented kubectl command: the operator
     # treats the numerically largest pending request as the newest

@@ -192,15 +192,18 @@ class LeadershipSettings(BaseModel):
     lease_name: str | None = None
     lease_namespace: str = "default"
     # <namespace>/<name> of this region's MemoriaRegion: the Lease holder identity and the object
-    # POST /admin/promote marks
+    # POST /admin/promote marks; <cluster>/<namespace>/<name> in a group across clusters
     identity: str | None = None
     kubeconfig: str | None = None  # default: in-cluster credentials, then $KUBECONFIG
 
     @field_validator("identity")
     @classmethod
     def _identity(cls, value: str | None) -> str | None:
-        if value is not None and value.count("/") != 1:
-            raise ValueError("must be <namespace>/<name> of this region's MemoriaRegion")
+        if value is not None and (value.count("/") not in (1, 2) or "" in value.split("/")):
+            raise ValueError(
+                "must be <namespace>/<name> of this region's MemoriaRegion "
+                "(<cluster>/<namespace>/<name> in a group across clusters)"
+            )
         return value
 
 

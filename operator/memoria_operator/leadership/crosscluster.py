@@ -507,7 +507,7 @@ class CrossCluster:
             namespace,
             group,
             [r.name for r in members.values()],
-            holder.split("/", 1)[-1] if holder else None,
+            holder.rsplit("/", 1)[-1] if holder else None,
         )
         for region in members.values():
             self.manager.publish_region(view, decision, region, leadership)
