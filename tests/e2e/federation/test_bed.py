@@ -53,7 +53,7 @@ def renew_ahead(bed: FederationBed, name: str) -> float | None:
 
 
 def test_the_bed(tmp_path: Path) -> None:
-    with FederationBed(tmp_path) as bed:
+    with FederationBed(tmp_path, api_key="federation-key") as bed:
         print(f"federation bed up in {bed.bring_up_seconds:.1f}s")
         for when, note in bed.history.notes:
             print(f"  {when:.1f} {note}")
@@ -66,6 +66,8 @@ def test_the_bed(tmp_path: Path) -> None:
             region = bed.region(name)
             assert region is not None
             assert region.health()["region"] == f"region-{name}"
+            # the operator rendered the API key's Secret; PATCH /settings needs the key
+            assert region.request("PATCH", "/settings", {"sync.enabled": True})[0] == 401
             assert bed.decrements(name).probe is not None  # the probe reached every store
 
         # six links, each its own proxy, each allowed the group's Lease and nothing else
