@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything the demo and the tests need on a fresh Debian machine: redis-server,
-# PostgreSQL and prometheus (promtool, and the server the dashboard test scrapes with) from
-# Debian, a virtualenv in .venv with the project and its test tools, and the control-plane
-# binaries built from the Go module proxy (cached in ~/.cache/memoria-operator).
+# PostgreSQL, prometheus (promtool, and the server the dashboard test scrapes with) and faketime
+# (clock skew in the federation bed) from Debian, a virtualenv in .venv with the project and its
+# test tools, and the control-plane binaries built from the Go module proxy (cached in
+# ~/.cache/memoria-operator).
 # For the test bed's real node (python -m testbed up --node, the `node` tests) also containerd,
 # runc, the CNI plugins, iptables, debootstrap and docker.io (dockerd only builds images) from
 # Debian, and kubelet, kube-scheduler and kube-proxy from the Go module proxy; MEMORIA_NODE=0
@@ -19,6 +20,8 @@ packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 # promtool tests the alert rules; prometheus scrapes the test bed in the dashboard test
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || packages+=(prometheus)
+# libfaketime: the federation bed skews an operator's clock (testbed/federation.py)
+command -v faketime >/dev/null 2>&1 || packages+=(faketime)
 if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
   packages+=(postgresql)
 fi

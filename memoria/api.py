@@ -27,7 +27,13 @@ from .httpmetrics import RequestMetrics
 from .leadership import request_promotion
 from .limits import BodyLimit, capped_problems
 from .runtime import Runtime
-from .settings import MemoriaSettings, SettingsUpdateError, mask_url, public_view
+from .settings import (
+    MAX_CLOCK_OFFSET_SECONDS,
+    MemoriaSettings,
+    SettingsUpdateError,
+    mask_url,
+    public_view,
+)
 from .store import Memory
 
 log = logging.getLogger("memoria.api")
@@ -199,6 +205,11 @@ _SETTINGS_BODY: dict[str, Any] = {
                         "sync.namespaces": {"type": "array", "items": {"type": "string"}},
                         "decrement_tz": {"type": "string"},
                         "disable_schedulers": {"type": "boolean"},
+                        "scheduler.clock_offset_seconds": {
+                            "type": "number",
+                            "minimum": -MAX_CLOCK_OFFSET_SECONDS,
+                            "maximum": MAX_CLOCK_OFFSET_SECONDS,
+                        },
                     },
                 }
             }

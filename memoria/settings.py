@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from enum import StrEnum
@@ -207,12 +208,17 @@ class LeadershipSettings(BaseModel):
         return value
 
 
+MAX_CLOCK_OFFSET_SECONDS = 100 * 365 * 86400  # a century either way is plenty for any drill
+
+
 class SchedulerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Seconds added to the wall clock when deciding which day it is. Only for drills and tests
     # that need midnight to come soon; leave at 0 in production.
-    clock_offset_seconds: float = 0.0
+    clock_offset_seconds: float = Field(
+        default=0.0, ge=-MAX_CLOCK_OFFSET_SECONDS, le=MAX_CLOCK_OFFSET_SECONDS
+    )
     # how many missed days a start-up catches up at most
     max_catch_up_days: int = Field(default=31, ge=0, le=366)
 
@@ -351,6 +357,8 @@ UPDATABLE_KEYS: dict[str, tuple[str, str]] = {
     **{f"sync.{name}": ("sync", name) for name in SyncSettings.model_fields},
     "decrement_tz": ("", "decrement_tz"),
     "disable_schedulers": ("", "disable_schedulers"),
+    # drills and test beds move a region's scheduler clock without a restart
+    "scheduler.clock_offset_seconds": ("scheduler", "clock_offset_seconds"),
 }
 
 
@@ -381,10 +389,11 @@ def apply_updates(current: MemoriaSettings, updates: dict[str, Any]) -> MemoriaS
     if current.sync.signing_key is not None:  # the dump above masks secrets
         sync["signing_key"] = current.sync.signing_key.get_secret_value()
     top: dict[str, Any] = {}
+    scheduler: dict[str, Any] = {}
     for key, value in updates.items():
         if key in UPDATABLE_KEYS:  # unknown keys are reported with the rest, not applied
             section, name = UPDATABLE_KEYS[key]
-            (sync if section == "sync" else top)[name] = value
+            {"sync": sync, "scheduler": scheduler}.get(section, top)[name] = value
 
     new_sync = current.sync
     try:
@@ -403,8 +412,21 @@ def apply_updates(current: MemoriaSettings, updates: dict[str, Any]) -> MemoriaS
             problems["decrement_tz"] = str(exc)
     if "disable_schedulers" in top and not isinstance(top["disable_schedulers"], bool):
         problems["disable_schedulers"] = "must be a boolean"
+    offset = scheduler.get("clock_offset_seconds", 0.0)
+    if (
+        isinstance(offset, bool)
+        or not isinstance(offset, int | float)
+        or not math.isfinite(offset)
+        or abs(offset) > MAX_CLOCK_OFFSET_SECONDS
+    ):
+        problems["scheduler.clock_offset_seconds"] = (
+            f"must be a number of seconds from -{MAX_CLOCK_OFFSET_SECONDS} to "
+            f"{MAX_CLOCK_OFFSET_SECONDS}"
+        )
     if problems:
         raise SettingsUpdateError(problems)
+    if scheduler:
+        top["scheduler"] = current.scheduler.model_copy(update=scheduler)
     return current.model_copy(update={"sync": new_sync, **top})
 
 

@@ -36,14 +36,15 @@ def start_operator(
     return proc
 
 
-def install_crd(kube: KubeTarget, crd: Path) -> None:
+def install_crd(kube: KubeTarget, crd: Path, timeout: float = 60) -> None:
     """Apply the CRD and wait until the API server serves it."""
-    kube.kubectl("apply", "-f", str(crd))
+    kube.kubectl("apply", "-f", str(crd), timeout=timeout)
     kube.kubectl(
         "wait",
         "--for=condition=Established",
-        "--timeout=60s",
+        f"--timeout={timeout:g}s",
         "crd/memoriaregions.memoria.arcafutura.io",
+        timeout=timeout + 10,
     )
 
 

@@ -102,6 +102,7 @@ class LocalControlPlane:
         self.kubeconfig = self.workdir / "kubeconfig"
         self.ca = CertificateAuthority()
         self.processes: list[ManagedProcess] = []
+        self._pki: dict[str, Path] | None = None  # written by the first start, kept by halt
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -266,7 +267,11 @@ class LocalControlPlane:
         return status == 200
 
     def start(self, timeout: float = 120.0, *, detached: bool = False) -> None:
-        pki = self._write_pki()
+        """Start etcd, kube-apiserver and (if asked) kube-controller-manager. After
+        :meth:`halt` this starts the same control plane again: same ports, certificates,
+        service-account signing key and etcd data, so kubeconfigs and tokens made before stay
+        valid."""
+        pki = self._pki = self._pki or self._write_pki()
         self._client_kubeconfig(
             self.kubeconfig, "memoria-admin", pki["admin_cert"], pki["admin_key"]
         )
@@ -314,10 +319,22 @@ class LocalControlPlane:
 
     def stop(self) -> None:
         """Stop every process (newest first) and remove the working directory."""
-        for proc in reversed(self.processes):
-            proc.stop()
-        self.processes.clear()
+        self.halt()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def halt(self, *, kill: bool = False) -> None:
+        """Stop every process (newest first; SIGKILL with ``kill``, as a crash) and keep the
+        working directory, so that :meth:`start` brings the same control plane back."""
+        for proc in reversed(self.processes):
+            if kill:
+                proc.kill()
+            else:
+                proc.stop()
+        self.processes.clear()
+
+    def process(self, name: str) -> ManagedProcess | None:
+        """The running process called ``name`` (``etcd``, ``kube-apiserver``, ...), if any."""
+        return next((p for p in self.processes if p.name == name), None)
 
     def __enter__(self) -> LocalControlPlane:
         self.start()

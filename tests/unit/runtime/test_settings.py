@@ -126,6 +126,18 @@ def test_apply_updates_validates_all_before_applying() -> None:
     assert current.privacy_range == (-15, 15)  # the old object is untouched
 
 
+def test_apply_updates_moves_the_scheduler_clock() -> None:
+    current = load_settings()
+    new = apply_updates(current, {"scheduler.clock_offset_seconds": -86400.5})
+    assert new.scheduler.clock_offset_seconds == -86400.5
+    assert new.scheduler.max_catch_up_days == current.scheduler.max_catch_up_days
+    assert (
+        apply_updates(new, {"scheduler.clock_offset_seconds": 3}).scheduler.clock_offset_seconds
+        == 3
+    )
+    assert current.scheduler.clock_offset_seconds == 0.0  # the old object is untouched
+
+
 @pytest.mark.parametrize(
     ("body", "key"),
     [
@@ -138,6 +150,10 @@ def test_apply_updates_validates_all_before_applying() -> None:
         ({"sync.backend": "kafka"}, "sync.backend"),
         ({"decrement_tz": "Nowhere/Land"}, "decrement_tz"),
         ({"disable_schedulers": 1}, "disable_schedulers"),
+        ({"scheduler.clock_offset_seconds": "5"}, "scheduler.clock_offset_seconds"),
+        ({"scheduler.clock_offset_seconds": True}, "scheduler.clock_offset_seconds"),
+        ({"scheduler.clock_offset_seconds": None}, "scheduler.clock_offset_seconds"),
+        ({"scheduler.clock_offset_seconds": 1e308}, "scheduler.clock_offset_seconds"),
     ],
 )
 def test_apply_updates_refuses_naming_the_key(body: dict[str, object], key: str) -> None:
