@@ -128,7 +128,7 @@ def peer_role() -> dict[str, Any]:
                 "apiGroups": ["coordination.k8s.io"],
                 "resources": ["leases"],
                 "resourceNames": [LEASE],
-                "verbs": ["get", "list", "watch", "update", "patch"],
+                "verbs": ["get", "update"],  # what the chart grants (federation.access)
             }
         ],
     }
@@ -160,16 +160,6 @@ def _peer_objects(peers: Sequence[str]) -> list[dict[str, Any]]:
             },
         ]
     return objs
-
-
-def crd_has_quorum(crd: Path = CRD) -> bool:
-    """Whether the installed CRD knows ``spec.quorum`` (the operator side of issue 18)."""
-    doc = yaml.safe_load(crd.read_text())
-    for version in doc["spec"]["versions"]:
-        spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
-        if "quorum" in spec.get("properties", {}):
-            return True
-    return False
 
 
 @dataclass
@@ -258,7 +248,6 @@ class FederationBed:
         self.history = History(self.names)
         self.clock_offset = -BASE_OFFSET_DAYS * DAY
         self.probe: Probe | None = None
-        self.quorum = crd_has_quorum()
         self.bring_up_seconds: float | None = None
 
     # -- bring-up --------------------------------------------------------------------------
@@ -345,8 +334,7 @@ class FederationBed:
             "priority": priority,
             "failover": health_failover(c.region_port, self.bound),
         }
-        if self.quorum:
-            spec["quorum"] = {"clusters": list(self.names)}
+        spec["quorum"] = {"cluster": name, "clusters": list(self.names)}
         if self.api_key is not None:
             spec["apiKeySecretRef"] = {"name": API_KEY_SECRET, "key": "key"}
         manifest = region_manifest(c.region_name, **spec)

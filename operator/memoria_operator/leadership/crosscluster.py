@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memoria.contract import lease_name
+from memoria.contract import REASON_ANNOTATION, lease_name
 
 from ..kube import Conflict, Kube, path_for
 from ..model import Region
@@ -269,8 +269,19 @@ class CrossCluster:
             return _merged(view, written)
         if plan is Plan.RENEW:
             bodies = {
-                c: renewed_vote(
-                    view.votes[c].lease or {}, now=now, grant=grant, extend=decision.extend
+                c: (
+                    renewed_vote(
+                        view.votes[c].lease or {}, now=now, grant=grant, extend=decision.extend
+                    )
+                    if view.votes[c].holder == identity
+                    else taken_vote(
+                        view.votes[c].lease or {},
+                        holder=identity,
+                        token=decision.token,
+                        now=now,
+                        grant=grant,
+                        reason=_reason_of(view.own),
+                    )
                 )
                 for c in decision.votes
             }
@@ -515,6 +526,13 @@ class CrossCluster:
 
 def _reason(decision: QuorumDecision) -> TransitionReason:
     return decision.reason or TransitionReason.RELEASED
+
+
+def _reason_of(vote: Vote) -> TransitionReason:
+    return (
+        TransitionReason.recorded(vote.annotations.get(REASON_ANNOTATION))
+        or TransitionReason.FAILOVER
+    )
 
 
 def _merged(view: QuorumView, written: dict[str, dict[str, Any]]) -> dict[str, Vote]:

@@ -252,11 +252,18 @@ def _leading(view: QuorumView, region: Region) -> QuorumDecision:
     last = view.state.renewed_at
     if last is not None and view.mono - last < view.renew_interval * 0.9:
         return QuorumDecision(plan=Plan.KEEP, identity=identity)
+    # the votes it holds, and any other it may take (free, or expired by observation): every
+    # reachable Lease then carries the holder's token, which is what each cluster's standbys
+    # check the leader's decrement against
+    token = view.own.token
+    votes = [
+        c
+        for c, v in view.votes.items()
+        if c != view.cluster
+        and (v.holder == identity or (_takeable(view, v, identity, 0.0) and v.token <= token))
+    ]
     return QuorumDecision(
-        plan=Plan.RENEW,
-        identity=identity,
-        votes=[c for c in view.held_by(identity) if c != view.cluster],
-        extend=healthy,
+        plan=Plan.RENEW, identity=identity, votes=votes, extend=healthy, token=token
     )
 
 

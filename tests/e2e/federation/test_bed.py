@@ -3,13 +3,12 @@ cut one way, a cluster can die and come back with its peers' credentials still v
 operator's clock can be skewed, the leader decrements when the clocks move a day, and nothing
 is left running afterwards.
 
-Until the operators form a quorum of Leases this asserts nothing about who leads the group:
-each operator still acts for its own cluster alone.
+Who leads when, under which faults, is the fault test's business
+(tests/e2e/federation/test_quorum_faults.py); this one checks the bed.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import subprocess
@@ -44,14 +43,6 @@ def lease_reachable(bed: FederationBed, a: str, b: str) -> bool:
     return proc.returncode == 0 or "NotFound" in proc.stderr
 
 
-def renew_ahead(bed: FederationBed, name: str) -> float | None:
-    """How far the Lease's renewTime in cluster ``name`` is ahead of the true clock."""
-    renew = ((bed.lease(name) or {}).get("spec") or {}).get("renewTime")
-    if not renew:
-        return None
-    return dt.datetime.fromisoformat(renew.replace("Z", "+00:00")).timestamp() - time.time()
-
-
 def test_the_bed(tmp_path: Path) -> None:
     with FederationBed(tmp_path, api_key="federation-key") as bed:
         print(f"federation bed up in {bed.bring_up_seconds:.1f}s")
@@ -76,9 +67,10 @@ def test_the_bed(tmp_path: Path) -> None:
             server = bed.peer_kubeconfig(a, b).read_text()
             assert f"127.0.0.1:{bed.proxies[(a, b)].port}" in server
             assert can_i(bed, a, b, "update", f"leases/{LEASE}") == "yes", (a, b)
-        for verb in ("get", "list", "watch", "patch"):
-            assert can_i(bed, "us", "eu", verb, f"leases/{LEASE}") == "yes", verb
+        assert can_i(bed, "us", "eu", "get", f"leases/{LEASE}") == "yes"
         for what in (
+            ("patch", f"leases/{LEASE}"),
+            ("watch", "leases"),
             ("create", "leases"),
             ("delete", f"leases/{LEASE}"),
             ("get", "leases/memoria-operator"),
@@ -133,19 +125,15 @@ def test_the_bed(tmp_path: Path) -> None:
         for violation in bed.check(bound=10):
             print(f"  (informative) {violation}")
 
-        # us's operator on a clock 5.5 s ahead: it keeps renewing over TLS, with its own time
+        # us's operator on a clock 5.5 s ahead (beyond the bound: the fault test stays within
+        # it); the restart is an operator outage, so the group may fail over meanwhile, and
+        # then it has a leader again, whoever that is
         libfaketime()
-        assert abs(renew_ahead(bed, "us") or 0) < 3
         bed.skew_clock("us", 5.5)
-        ahead = wait_until(
-            lambda: (a := renew_ahead(bed, "us")) is not None and a > 3.5 and a,
-            30,
-            "a renewTime written by the skewed operator",
-            0.25,
-        )
-        assert ahead < 5.6, ahead
         assert bed.operator_running("us")
-        print(f"renewTime {ahead:.2f}s ahead of the true clock with a 5.5 s skew")
+        wait_until(
+            lambda: any(bed.leading(n) for n in bed.names), 30, "a leader after the skewed restart"
+        )
         # a Python child under the same preload: offset clock, and TLS to the API server works
         child = subprocess.run(
             [

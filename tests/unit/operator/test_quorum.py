@@ -6,6 +6,7 @@ monotonic clock, so each case states how long each vote has stood unchanged.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -205,7 +206,7 @@ def test_switchover_request_travels_on_the_votes() -> None:
     assert d.plan is Plan.STEP_DOWN and d.target == ident("eu")
     assert d.reason is TransitionReason.SWITCHOVER
     # released with the target named: the target takes the votes at once, the others wait
-    now = __import__("datetime").datetime.now(__import__("datetime").UTC)
+    now = dt.datetime.now(dt.UTC)
     free = {
         c: emptied_vote(
             lease(ident("us"), 5), target=ident("eu"), reason=TransitionReason.SWITCHOVER, now=now
@@ -223,7 +224,7 @@ def test_a_request_from_an_older_term_is_void() -> None:
         stale,
         holder=ident("ap"),
         token=6,
-        now=__import__("datetime").datetime.now(),
+        now=dt.datetime.now(dt.UTC),
         grant=3,
         reason=TransitionReason.FAILOVER,
     )
@@ -256,6 +257,17 @@ def test_grant_is_the_duration_less_the_skew_bound() -> None:
             lease(),
             target="x",
             reason=TransitionReason.SWITCHOVER,
-            now=__import__("datetime").datetime.now(),
+            now=dt.datetime.now(dt.UTC),
         )["metadata"]["annotations"]
     )
+
+
+def test_renewal_takes_back_a_free_vote_so_every_lease_carries_the_token() -> None:
+    """A cluster that came back with its vote emptied gets the holder's token again at the
+    next renewal: its standbys check the leader's decrements against that Lease."""
+    eu = region("eu")
+    held = {"us": lease(None, 3), "eu": lease(ident("eu"), 4), "ap": lease(ident("eu"), 4)}
+    d = decide_quorum(view("eu", votes(held), eu))
+    assert d.plan is Plan.RENEW and sorted(d.votes) == ["ap", "us"] and d.token == 4
+    newer = {**held, "us": lease(ident("ap"), 9)}  # held by a newer term: never taken back
+    assert decide_quorum(view("eu", votes(newer, age=60), eu)).votes == ["ap"]
