@@ -72,6 +72,11 @@ class Runtime:
 
     def _leadership_changed(self, leadership: Leadership) -> None:
         self.scheduler.set_leadership(leadership)
+        # a peer's decrement kept because its token was ahead of our Lease may apply now
+        try:
+            self.sync.applier.retry_deferred()
+        except Exception:  # the store is down: the next change of the Lease tries again
+            log.exception("sync: deferred decrements not applied yet")
         # a new leader may now promote its replica broker: relay the queue at once, not
         # after the relay's backoff
         self.sync.wake()

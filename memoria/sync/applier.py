@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +67,12 @@ def memory_from_payload(payload: dict[str, Any], event: SyncEvent) -> Memory:
     return memory_from_event(event)
 
 
+# a peer's decrement with a token ahead of this region's Lease by at most this much is kept
+# (not refused) until the Lease catches up; at most DEFER_MAX such events are kept
+DEFER_AHEAD = 16
+DEFER_MAX = 64
+
+
 class InboundApplier:
     def __init__(
         self,
@@ -87,6 +94,10 @@ class InboundApplier:
         self._warned: dict[str, tuple[float, int]] = {}  # reason: (logged at, not logged since)
         #: called with each decrement outcome applied from a peer (for logs, metrics, tests)
         self.on_remote_decrement: Callable[[DecrementOutcome], None] | None = None
+        #: peers' decrements whose token is a little ahead of the Lease this region has seen,
+        #: by event id: applied once the Lease catches up (see :meth:`retry_deferred`)
+        self._deferred: dict[str, SyncEvent] = {}
+        self._deferred_lock = threading.Lock()
 
     def _privacy(self) -> PrivacyRange:
         sync = self._sync()
@@ -161,6 +172,8 @@ class InboundApplier:
             if event.entity_type is not EntityType.SCHEDULE:
                 return self._skip(event, DropReason.MALFORMED)
             refusal = self._check_decrement(event)
+            if refusal is Refusal.FENCE and self._defer(event):
+                return None  # not recorded as seen: applied once the Lease catches up
             if refusal is not None:
                 return self._refuse(event, refusal)
             return InboundOp(event.event_id, "decrement", event)
@@ -169,6 +182,61 @@ class InboundApplier:
         if not self._sync().shares_namespace(event.namespace):
             return self._skip(event, DropReason.NAMESPACE)
         return self._classify_memory(event)
+
+    def _defer(self, event: SyncEvent) -> bool:
+        """Keep a decrement whose token is ahead of this region's Lease by at most
+        :data:`DEFER_AHEAD`: across clusters the leader's new token reaches this cluster's
+        Lease a round after its decrement may reach the broker. At most :data:`DEFER_MAX`
+        are kept (the oldest is refused when a new one comes)."""
+        lease = self.lease_facts()
+        token = event.payload.get("token")
+        if lease.transitions is None or not isinstance(token, int) or isinstance(token, bool):
+            return False
+        if not lease.transitions < token <= lease.transitions + DEFER_AHEAD:
+            return False
+        with self._deferred_lock:
+            self._deferred[event.event_id] = event
+            while len(self._deferred) > DEFER_MAX:
+                oldest = next(iter(self._deferred))
+                self._refuse(self._deferred.pop(oldest), Refusal.FENCE)
+        log.info(
+            "sync: %s's decrement for %s carries token %d, ahead of this region's Lease (%d): "
+            "kept until the Lease catches up",
+            event.origin,
+            event.payload.get("date"),
+            token,
+            lease.transitions,
+        )
+        return True
+
+    def retry_deferred(self) -> None:
+        """Apply the deferred decrements the Lease now allows (called when its token moves)."""
+        with self._deferred_lock:
+            events = list(self._deferred.values())
+        if not events:
+            return
+        ops = []
+        for event in events:
+            refusal = self._check_decrement(event)
+            if refusal is Refusal.FENCE and self._still_ahead(event):
+                continue
+            with self._deferred_lock:
+                self._deferred.pop(event.event_id, None)
+            if refusal is not None:
+                self._refuse(event, refusal)
+            else:
+                ops.append(InboundOp(event.event_id, "decrement", event))
+        if ops:
+            self._count(self.store.apply_inbound(ops, source="deferred", position=None))
+
+    def _still_ahead(self, event: SyncEvent) -> bool:
+        lease = self.lease_facts()
+        token = event.payload.get("token")
+        return (
+            lease.transitions is not None
+            and isinstance(token, int)
+            and lease.transitions < token <= lease.transitions + DEFER_AHEAD
+        )
 
     def _count_unread(self, delivery: Delivery) -> None:
         if delivery.reason == "foreign":

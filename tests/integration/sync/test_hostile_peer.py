@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from memoria.sync import RedisSyncBackend, SyncBackend, create_backend
+from memoria.sync.applier import DEFER_AHEAD
 from memoria.sync.trust import LeaseFacts, now_us
 from testbed import PostgresServer, RedisServer, wait_until
 from testbed.hostile import forge, forged_decrement, forged_memory_event
@@ -22,7 +23,7 @@ from testbed.inprocess import Broker, Region, two_regions
 pytestmark = pytest.mark.integration
 
 TODAY = dt.datetime.now(dt.UTC).date()
-DAY_A, DAY_B = ((TODAY - dt.timedelta(days=n)).isoformat() for n in (3, 2))
+DAY_A, DAY_B, DAY_C = ((TODAY - dt.timedelta(days=n)).isoformat() for n in (3, 2, 1))
 
 
 @pytest.fixture(params=["redis", "postgres"])
@@ -72,8 +73,9 @@ def test_a_forged_decrement_neither_runs_early_nor_raises_the_fence(
         assert leader.writes.run_decrement(DAY_A, token=1).ran
         wait_until(lambda: standby.store.metadata()["last_decrement_date"] == DAY_A)
         # a region that watches the Lease refuses any token above its transitions
+        # (far) above: a token more than DEFER_AHEAD past it is refused outright
         standby.sync.applier.lease_facts = lambda: LeaseFacts(1)
-        forge(hostile, forged_decrement(DAY_B, 2))
+        forge(hostile, forged_decrement(DAY_B, 1 + DEFER_AHEAD + 1))
         settled(leader, standby)
         assert refused(standby, "decrement_token") == 2
         assert leader.writes.run_decrement(DAY_B, token=1).ran
@@ -81,6 +83,18 @@ def test_a_forged_decrement_neither_runs_early_nor_raises_the_fence(
         meta = standby.store.metadata()
         assert (meta["fencing_token"], meta["last_decrement_by"]) == ("1", "region-a")
         assert {m.x_coord for m in standby.store.list_memories() if m.text != "mark"} == {-2.0}
+        # a little above (a new leader in another cluster, whose token reaches this cluster's
+        # Lease a moment after its decrement reaches the broker): kept, not applied, not lost
+        assert leader.writes.run_decrement(DAY_C, token=2).ran
+        settled(leader, standby)
+        assert standby.store.metadata()["last_decrement_date"] == DAY_B
+        assert refused(standby, "decrement_token") == 2
+        standby.sync.applier.retry_deferred()  # the Lease has not moved: still kept
+        assert standby.store.metadata()["last_decrement_date"] == DAY_B
+        standby.sync.applier.lease_facts = lambda: LeaseFacts(2)
+        standby.sync.applier.retry_deferred()  # what the Lease watch calls when it moves
+        assert standby.store.metadata()["last_decrement_date"] == DAY_C
+        assert {m.x_coord for m in standby.store.list_memories() if m.text != "mark"} == {-3.0}
 
 
 def test_forged_deletes_and_updates_do_not_win_for_good(
