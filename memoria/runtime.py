@@ -71,12 +71,13 @@ class Runtime:
         self.metrics.track_last_decrement(self._last_decrement_timestamp)
 
     def _leadership_changed(self, leadership: Leadership) -> None:
-        self.scheduler.set_leadership(leadership)
-        # a peer's decrement kept because its token was ahead of our Lease may apply now
+        # first a peer's decrement kept because its token was ahead of our Lease: if this
+        # region now leads, its catch-up must find the dates the previous leader already ran
         try:
             self.sync.applier.retry_deferred()
         except Exception:  # the store is down: the next change of the Lease tries again
             log.exception("sync: deferred decrements not applied yet")
+        self.scheduler.set_leadership(leadership)
         # a new leader may now promote its replica broker: relay the queue at once, not
         # after the relay's backoff
         self.sync.wake()
