@@ -21,7 +21,7 @@ import pytest
 from testbed import wait_until
 from testbed.federation import LEASE, NAMESPACE, FederationBed, faketime_env, libfaketime
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def alive(pid: int) -> bool:

@@ -32,7 +32,7 @@ import pytest
 from testbed import wait_until
 from testbed.federation import FederationBed
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROUNDS = int(os.environ.get("MEMORIA_FAULT_ROUNDS") or 20)
 SKEW = 1.0  # the clock-skew bound the operators run with (MEMORIA_OPERATOR_MAX_CLOCK_SKEW_SECONDS)
