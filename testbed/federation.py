@@ -11,7 +11,7 @@ three regions sync over one real Redis.
 Operators reach their peers' API servers only through the bed: for every directed pair (a, b)
 a :class:`~testbed.proxy.TcpProxy` in front of b's API server, and in a's peers directory
 (``MEMORIA_OPERATOR_PEERS_DIR``) a kubeconfig ``<b>/kubeconfig`` with a token of the
-ServiceAccount ``memoria-peer-<a>`` on b, whose Role allows only get/list/watch/update/patch of
+ServiceAccount ``memoria-peer-<a>`` on b, whose Role allows only get and update of
 the group's Lease. So a test can cut a -> b and leave b -> a up. The operator's link to its own
 API server is direct.
 

@@ -201,6 +201,10 @@ class CrossCluster:
         decision = decide_quorum(view)
         acks = await self._forward(namespace, group, view, decision)
         votes = await self._act(namespace, group, view, decision) or votes
+        if _moving(view, decision):
+            # a handover in flight: look again in a moment rather than a retry interval later
+            # (each of its steps waits for the previous one to be seen)
+            asyncio.get_running_loop().call_later(HANDOVER_POLL, self.manager.wake)
         own = votes[self.config.cluster_name].lease
         await asyncio.to_thread(
             partial(
@@ -522,6 +526,29 @@ class CrossCluster:
         )
         for region in members.values():
             self.manager.publish_region(view, decision, region, leadership)
+
+
+# how soon to look again while a switchover moves between clusters
+HANDOVER_POLL = 0.15
+
+
+def _moving(view: QuorumView, decision: QuorumDecision) -> bool:
+    """Whether a switchover involving this cluster is under way: a step down or release just
+    written, a request just forwarded, or votes that name a local region as the target of a
+    handover or a request."""
+    if decision.plan in (Plan.STEP_DOWN, Plan.RELEASE) or decision.forward:
+        return True
+    local = view.by_identity
+    if view.own.holder is None and any(view.held_by(i) for i in local):
+        return True  # stepped down, its votes not released yet
+    pending = {i for i in local if i != view.own.holder}
+    return any(
+        v.reachable
+        and (
+            (v.holder is None and v.handover_to in pending) or (v.request or ("", ""))[0] in pending
+        )
+        for v in view.votes.values()
+    )
 
 
 def _reason(decision: QuorumDecision) -> TransitionReason:
