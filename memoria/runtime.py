@@ -21,6 +21,7 @@ from .scheduler import DecrementScheduler
 from .settings import MemoriaSettings, ReplicaPromotion, apply_updates, mask_url
 from .store import MemoryStore
 from .sync import create_backend
+from .sync.applier import DEFER_AHEAD
 from .sync.link import BackendFactory, SyncLink, SyncState
 from .writes import WriteService
 
@@ -65,6 +66,10 @@ class Runtime:
             self.lease = LeaseWatcher(settings.leadership, self._leadership_changed)
             # peers' decrements are checked against the Lease this region watches
             self.sync.applier.lease_facts = self.lease.facts
+            if (settings.leadership.identity or "").count("/") == 2:
+                # a group across clusters (<cluster>/<namespace>/<name>): this cluster's Lease
+                # learns a new leader's token a round after its decrement may arrive
+                self.sync.applier.defer_ahead = DEFER_AHEAD
         self.sync.may_promote = self._may_promote_broker
         self._settings_lock = threading.Lock()
         self.started = False

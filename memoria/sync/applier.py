@@ -97,6 +97,10 @@ class InboundApplier:
         #: peers' decrements whose token is a little ahead of the Lease this region has seen,
         #: by event id: applied once the Lease catches up (see :meth:`retry_deferred`)
         self._deferred: dict[str, SyncEvent] = {}
+        #: how far ahead a token may be to be kept: 0 (refuse) unless the region belongs to a
+        #: group across clusters (the runtime sets DEFER_AHEAD then); in one cluster the Lease
+        #: and the leader's token never disagree, and a token ahead is a forgery
+        self.defer_ahead = 0
         self._deferred_lock = threading.Lock()
 
     def _privacy(self) -> PrivacyRange:
@@ -185,14 +189,14 @@ class InboundApplier:
 
     def _defer(self, event: SyncEvent) -> bool:
         """Keep a decrement whose token is ahead of this region's Lease by at most
-        :data:`DEFER_AHEAD`: across clusters the leader's new token reaches this cluster's
-        Lease a round after its decrement may reach the broker. At most :data:`DEFER_MAX`
-        are kept (the oldest is refused when a new one comes)."""
+        :attr:`defer_ahead` (groups across clusters only): there the leader's new token
+        reaches this cluster's Lease a round after its decrement may reach the broker. At
+        most :data:`DEFER_MAX` are kept (the oldest is refused when a new one comes)."""
         lease = self.lease_facts()
         token = event.payload.get("token")
         if lease.transitions is None or not isinstance(token, int) or isinstance(token, bool):
             return False
-        if not lease.transitions < token <= lease.transitions + DEFER_AHEAD:
+        if not lease.transitions < token <= lease.transitions + self.defer_ahead:
             return False
         with self._deferred_lock:
             self._deferred[event.event_id] = event
@@ -235,7 +239,7 @@ class InboundApplier:
         return (
             lease.transitions is not None
             and isinstance(token, int)
-            and lease.transitions < token <= lease.transitions + DEFER_AHEAD
+            and lease.transitions < token <= lease.transitions + self.defer_ahead
         )
 
     def _count_unread(self, delivery: Delivery) -> None:

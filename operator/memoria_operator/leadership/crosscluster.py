@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from .quorum import (
     renewed_vote,
     requested_vote,
     taken_vote,
+    term,
 )
 from .status import lease_status
 
@@ -90,6 +92,13 @@ def quorum_problem(members: dict[str, Region], cluster_name: str) -> str | None:
         return (
             "spec.quorum is set but this operator has no cluster name "
             "(chart value federation.cluster, env MEMORIA_OPERATOR_CLUSTER_NAME)"
+        )
+    env = sorted(r.name for r in members.values() if r.env_control)
+    if env:
+        return (
+            f"spec.scheduler.control: env is not supported with spec.quorum ({', '.join(env)}): "
+            "leadership across clusters reaches the pods through the Lease they watch; use "
+            "control: lease"
         )
     quorum = next(iter(members.values())).spec.quorum
     assert quorum is not None
@@ -224,98 +233,136 @@ class CrossCluster:
         self, namespace: str, group: str, view: QuorumView, decision: QuorumDecision
     ) -> dict[str, Vote] | None:
         """Carry out the plan; the votes as written (None: nothing written)."""
-        plan = decision.plan
-        if plan is Plan.KEEP:
+        if decision.plan is Plan.KEEP:
             return None
-        now = dt.datetime.now(dt.UTC)
-        started = time.monotonic()
+        round_ = _Round(
+            namespace=namespace,
+            group=group,
+            view=view,
+            decision=decision,
+            now=dt.datetime.now(dt.UTC),
+            started=time.monotonic(),
+        )
+        act = {
+            Plan.STEP_DOWN: self._step_down,
+            Plan.RELEASE: self._release,
+            Plan.RENEW: self._renew,
+            Plan.ACQUIRE: self._acquire,
+        }[decision.plan]
+        return await act(round_)
+
+    async def _step_down(self, round_: _Round) -> dict[str, Vote] | None:
+        r = round_
+        view, decision, now, started = r.view, r.decision, r.now, r.started
+        namespace, group = r.namespace, r.group
+        state = view.state
+        identity = decision.identity or ""
+        own = view.own.lease or {}
+        body = emptied_vote(own, target=decision.target, reason=_reason(decision), now=now)
+        written = await self._write_all(namespace, group, {view.cluster: body})
+        state.stepped_down_at = started
+        state.renewed_at = None
+        self._event(
+            view,
+            identity,
+            "Warning" if decision.target is None else "Normal",
+            "SteppingDown",
+            f"{decision.message}; its scheduler stops now"
+            + (
+                ""
+                if view.cluster in written
+                else " (this cluster's Lease could not be written: the grant runs out)"
+            ),
+        )
+        return _merged(view, written)
+
+    async def _release(self, round_: _Round) -> dict[str, Vote] | None:
+        r = round_
+        view, decision, now = r.view, r.decision, r.now
+        namespace, group = r.namespace, r.group
+        identity = decision.identity or ""
+        bodies = {
+            c: emptied_vote(
+                view.votes[c].lease or {},
+                target=decision.target,
+                reason=_reason(decision),
+                now=now,
+            )
+            for c in decision.votes
+        }
+        written = await self._write_all(namespace, group, bodies)
+        self._event(
+            view,
+            identity,
+            "Normal",
+            "VotesReleased",
+            f"{decision.message} ({len(written)} of {len(bodies)} written)"
+            + (f"; {decision.target} may take them now" if decision.target else ""),
+        )
+        return _merged(view, written)
+
+    async def _renew(self, round_: _Round) -> dict[str, Vote] | None:
+        r = round_
+        view, decision, now, started = r.view, r.decision, r.now, r.started
+        namespace, group = r.namespace, r.group
         grant = view.grant_seconds
         state = view.state
         identity = decision.identity or ""
-        if plan is Plan.STEP_DOWN:
-            own = view.own.lease or {}
-            body = emptied_vote(own, target=decision.target, reason=_reason(decision), now=now)
-            written = await self._write_all(namespace, group, {view.cluster: body})
-            state.stepped_down_at = started
-            state.renewed_at = None
-            self._event(
-                view,
-                identity,
-                "Warning" if decision.target is None else "Normal",
-                "SteppingDown",
-                f"{decision.message}; its scheduler stops now"
-                + (
-                    ""
-                    if view.cluster in written
-                    else " (this cluster's Lease could not be written: the grant runs out)"
-                ),
-            )
-            return _merged(view, written)
-        if plan is Plan.RELEASE:
-            bodies = {
-                c: emptied_vote(
+        bodies = {
+            c: (
+                renewed_vote(
+                    view.votes[c].lease or {}, now=now, grant=grant, extend=decision.extend
+                )
+                if view.votes[c].holder == identity and view.votes[c].token == decision.token
+                else taken_vote(
                     view.votes[c].lease or {},
-                    target=decision.target,
-                    reason=_reason(decision),
+                    holder=identity,
+                    token=decision.token,
                     now=now,
+                    grant=grant,
+                    reason=_reason_of(view.own),
                 )
-                for c in decision.votes
-            }
-            written = await self._write_all(namespace, group, bodies)
-            self._event(
-                view,
-                identity,
-                "Normal",
-                "VotesReleased",
-                f"{decision.message} ({len(written)} of {len(bodies)} written)"
-                + (f"; {decision.target} may take them now" if decision.target else ""),
             )
+            for c in decision.votes
+        }
+        written = await self._write_all(namespace, group, bodies)
+        if len(written) + 1 >= view.majority:
+            own_body = renewed_vote(
+                view.own.lease or {}, now=now, grant=grant, extend=decision.extend
+            )
+            written.update(await self._write_all(namespace, group, {view.cluster: own_body}))
+        if view.cluster in written and len(written) >= view.majority:
+            state.renewed_at = started
+            if decision.extend:
+                state.granted_at = started
+            self.manager.metrics.renewed(namespace, group)
             return _merged(view, written)
-        if plan is Plan.RENEW:
-            bodies = {
-                c: (
-                    renewed_vote(
-                        view.votes[c].lease or {}, now=now, grant=grant, extend=decision.extend
-                    )
-                    if view.votes[c].holder == identity
-                    else taken_vote(
-                        view.votes[c].lease or {},
-                        holder=identity,
-                        token=decision.token,
-                        now=now,
-                        grant=grant,
-                        reason=_reason_of(view.own),
-                    )
-                )
-                for c in decision.votes
-            }
-            written = await self._write_all(namespace, group, bodies)
-            if len(written) + 1 >= view.majority:
-                own_body = renewed_vote(
-                    view.own.lease or {}, now=now, grant=grant, extend=decision.extend
-                )
-                written.update(await self._write_all(namespace, group, {view.cluster: own_body}))
-            if view.cluster in written and len(written) >= view.majority:
-                state.renewed_at = started
-                if decision.extend:
-                    state.granted_at = started
-                self.manager.metrics.renewed(namespace, group)
-                return _merged(view, written)
-            # a majority is gone (or this cluster's own Lease): stop before anyone else starts
-            failed = QuorumDecision(
-                plan=Plan.STEP_DOWN,
-                identity=identity,
-                reason=TransitionReason.QUORUM_LOST,
-                message=(
-                    f"{identity} could renew {len(written)} of {len(view.clusters)} votes "
-                    f"({view.majority} needed, this cluster's among them)"
-                ),
-            )
-            log.warning("group %s/%s: %s; stepping down", namespace, group, failed.message)
-            merged = _merged(view, written)
-            fresh = QuorumView(**{**view.__dict__, "votes": merged})
-            return await self._act(namespace, group, fresh, failed)
-        # ACQUIRE
+        if decision.extend and len(written) + 1 >= view.majority:
+            # the own write failed, but a write whose answer was lost may have landed:
+            # count its grant as extended, so the peers' votes wait it out
+            state.granted_at = started
+        # a majority is gone (or this cluster's own Lease): stop before anyone else starts
+        failed = QuorumDecision(
+            plan=Plan.STEP_DOWN,
+            identity=identity,
+            reason=TransitionReason.QUORUM_LOST,
+            message=(
+                f"{identity} could renew {len(written)} of {len(view.clusters)} votes "
+                f"({view.majority} needed, this cluster's among them)"
+            ),
+        )
+        log.warning("group %s/%s: %s; stepping down", namespace, group, failed.message)
+        merged = _merged(view, written)
+        fresh = QuorumView(**{**view.__dict__, "votes": merged})
+        return await self._act(namespace, group, fresh, failed)
+
+    async def _acquire(self, round_: _Round) -> dict[str, Vote] | None:
+        r = round_
+        view, decision, now, started = r.view, r.decision, r.now, r.started
+        namespace, group = r.namespace, r.group
+        grant = view.grant_seconds
+        state = view.state
+        identity = decision.identity or ""
         bodies = {
             c: taken_vote(
                 view.votes[c].lease or {},
@@ -339,24 +386,35 @@ class CrossCluster:
             )
             written.update(await self._write_all(namespace, group, {view.cluster: own_body}))
         if view.cluster in written and len(written) >= view.majority:
-            state.renewed_at = state.granted_at = started
-            state.stepped_down_at = None
-            log.info(
-                "group %s/%s: %s [fencing token %d]",
-                namespace,
-                group,
-                decision.message,
-                decision.token,
+            return self._acquired(round_, written)
+        if len(written) >= view.majority and view.cluster not in written:
+            # the own write failed; its answer may have been lost after it landed: look
+            own_now, error = await asyncio.to_thread(
+                self._read,
+                view.cluster,
+                path_for(API_VERSION, "Lease", namespace, lease_name(group)),
             )
-            self.manager.metrics.transitions.labels(namespace, group, str(_reason(decision))).inc()
-            self._event(
-                view,
-                identity,
-                "Normal",
-                "LeadershipAcquired",
-                f"{decision.message}; fencing token {decision.token}",
-            )
-            return _merged(view, written)
+            spec = (own_now or {}).get("spec") or {}
+            if (
+                error is None
+                and spec.get("holderIdentity") == identity
+                and int(spec.get("leaseTransitions") or 0) == decision.token
+            ):
+                written[view.cluster] = own_now or {}
+                return self._acquired(round_, written)
+            if error is not None:
+                # unknown: the region may hold a grant; keep the votes, they expire by
+                # observation after a full Lease duration, as a lost holder's do
+                log.warning(
+                    "group %s/%s: %s: this cluster's Lease cannot be read back (%s); the votes "
+                    "taken are left to expire",
+                    namespace,
+                    group,
+                    identity,
+                    error,
+                )
+                state.granted_at = started
+                return _merged(view, written)
         # no majority: give back what was taken, so the others need not wait it out
         log.info(
             "group %s/%s: %s failed: %d of %d votes written; giving them back",
@@ -372,6 +430,30 @@ class CrossCluster:
         }
         await self._write_all(namespace, group, back)
         return None
+
+    def _acquired(self, round_: _Round, written: dict[str, dict[str, Any]]) -> dict[str, Vote]:
+        view, decision, started = round_.view, round_.decision, round_.started
+        namespace, group = round_.namespace, round_.group
+        state = view.state
+        state.renewed_at = state.granted_at = started
+        state.stepped_down_at = None
+        identity = decision.identity or ""
+        log.info(
+            "group %s/%s: %s [fencing token %d]",
+            namespace,
+            group,
+            decision.message,
+            decision.token,
+        )
+        self.manager.metrics.transitions.labels(namespace, group, str(_reason(decision))).inc()
+        self._event(
+            view,
+            identity,
+            "Normal",
+            "LeadershipAcquired",
+            f"{decision.message}; fencing token {decision.token}",
+        )
+        return _merged(view, written)
 
     async def _write_all(
         self, namespace: str, group: str, bodies: dict[str, dict[str, Any]]
@@ -422,8 +504,9 @@ class CrossCluster:
                     message=f"promotion of {region.identity} refused: {why}",
                 )
         for identity, value in decision.forward:
+            current = term(view)
             bodies = {
-                c: requested_vote(v.lease, identity, value)
+                c: requested_vote(v.lease, identity, value, current)
                 for c, v in view.votes.items()
                 if v.reachable and v.lease is not None
             }
@@ -476,11 +559,16 @@ class CrossCluster:
                     "reachable": v.reachable,
                     "holder": v.holder or "",
                     "transitions": v.token,
-                    **({"message": v.error} if v.error else {}),
+                    **({"message": _vote_message(v, group)} if _vote_message(v, group) else {}),
                 }
                 for c, v in votes.items()
             ],
         }
+        if len(votes) == 2:
+            leadership["quorum"]["message"] = (
+                "two clusters: a majority is both, so losing either stops the decrement until "
+                "it returns; add a third cluster as witness (docs/install-across-clusters.md)"
+            )
         local_holder = next((r for r in members.values() if r.identity == holder), None)
         serving = None
         view = GroupView(
@@ -528,6 +616,18 @@ class CrossCluster:
             self.manager.publish_region(view, decision, region, leadership)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Round:
+    """One plan being carried out: the step's view and decision, and when it started."""
+
+    namespace: str
+    group: str
+    view: QuorumView
+    decision: QuorumDecision
+    now: dt.datetime  # wall clock: what renewTime says
+    started: float  # monotonic: what the grant is counted from
+
+
 # how soon to look again while a switchover moves between clusters
 HANDOVER_POLL = 0.15
 
@@ -553,6 +653,18 @@ def _moving(view: QuorumView, decision: QuorumDecision) -> bool:
 
 def _reason(decision: QuorumDecision) -> TransitionReason:
     return decision.reason or TransitionReason.RELEASED
+
+
+def _vote_message(vote: Vote, group: str) -> str:
+    """Why a cluster's vote does not count, if it cannot: unreadable, or never created."""
+    if vote.error:
+        return vote.error
+    if vote.lease is None:
+        return (
+            f"Lease {lease_name(group)} does not exist in cluster {vote.cluster}: its operator "
+            "creates it when it runs a region of the group; for a witness, create it by hand"
+        )
+    return ""
 
 
 def _reason_of(vote: Vote) -> TransitionReason:

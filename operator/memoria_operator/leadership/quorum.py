@@ -92,15 +92,15 @@ class Vote:
         return self.annotations.get(HANDOVER_ANNOTATION) or None
 
     @property
-    def request(self) -> tuple[str, str] | None:
-        """(identity, value) of a switchover asked for on this vote, if it was asked during
-        the current holder's term (a request left behind from an older term is void)."""
+    def request(self) -> tuple[str, str, int] | None:
+        """(identity, value, token) of a switchover asked for on this vote: valid only in the
+        term whose token it carries (see :func:`_newest_request`)."""
         try:
             raw = json.loads(self.annotations.get(PROMOTE_REQUEST_ANNOTATION) or "null")
             identity, value, token = str(raw["identity"]), str(raw["value"]), int(raw["token"])
         except (ValueError, TypeError, KeyError):
             return None
-        return (identity, value) if identity and token == self.token else None
+        return (identity, value, token) if identity else None
 
 
 class Observations:
@@ -200,13 +200,21 @@ class QuorumDecision:
     forward: list[tuple[str, str]] = field(default_factory=list)  # (identity, request value)
 
 
+def term(view: QuorumView) -> int:
+    """The current term: the highest token among the votes read."""
+    return max((v.token for v in view.votes.values() if v.reachable), default=0)
+
+
 def _newest_request(view: QuorumView, exclude: str | None) -> tuple[str, str] | None:
-    found = [v.request for v in view.votes.values() if v.reachable and v.request is not None]
+    """The newest switchover request made in the current term (a request left on a vote from
+    an older term, answered or not, is void), for a region of the group's clusters."""
+    current = term(view)
     found = [
-        r
-        for r in found
-        if r is not None and r[0] != exclude and r[0].split("/", 1)[0] in view.clusters
+        (r[0], r[1])
+        for v in view.votes.values()
+        if v.reachable and (r := v.request) is not None and r[2] == current
     ]
+    found = [r for r in found if r[0] != exclude and r[0].split("/", 1)[0] in view.clusters]
     if not found:
         return None
 
@@ -399,7 +407,7 @@ def _contend(view: QuorumView) -> QuorumDecision:
 def _forwards(view: QuorumView) -> list[tuple[str, str]]:
     """Promote requests of local regions not yet on the votes: (identity, value)."""
     out = []
-    on_votes = {v.request for v in view.votes.values() if v.reachable}
+    on_votes = {r[:2] for v in view.votes.values() if v.reachable and (r := v.request)}
     holder = view.group_holder()
     for region in view.regions.values():
         value = region.promote_request
@@ -464,14 +472,10 @@ def emptied_vote(
     return _with(lease, spec, extra, drop=drop)
 
 
-def requested_vote(lease: dict[str, Any], identity: str, value: str) -> dict[str, Any]:
-    """The vote carrying a switchover request, valid for its current term (token) only."""
+def requested_vote(lease: dict[str, Any], identity: str, value: str, token: int) -> dict[str, Any]:
+    """The vote carrying a switchover request, valid in the term of ``token`` only."""
     spec = dict(lease.get("spec") or {})
-    request = {
-        "identity": identity,
-        "value": value,
-        "token": int(spec.get("leaseTransitions") or 0),
-    }
+    request = {"identity": identity, "value": value, "token": token}
     return _with(lease, spec, {PROMOTE_REQUEST_ANNOTATION: json.dumps(request, sort_keys=True)})
 
 

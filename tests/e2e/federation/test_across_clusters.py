@@ -7,6 +7,7 @@ spec.quorum that cannot work.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -23,8 +24,13 @@ PROMOTE = "memoria.arcafutura.io/promote"
 def wide(bed: FederationBed, cluster: str) -> dict[str, dict[str, str]]:
     """`kubectl get mreg -o wide` in ``cluster``, by region name."""
     out = bed.kube(cluster).kubectl("get", "mreg", "-n", NAMESPACE, "-o", "wide").stdout
-    header, *rows = [line.split() for line in out.strip().splitlines()]
-    return {row[0]: dict(zip(header, row, strict=False)) for row in rows}
+    header, *rows = out.rstrip().splitlines()
+    # columns by where their titles start (an empty cell is blanks, not a missing word)
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    names = header.split()
+    bounds = [*zip(starts, [*starts[1:], None], strict=True)]
+    table = [{n: row[a:b].strip() for n, (a, b) in zip(names, bounds, strict=True)} for row in rows]
+    return {row["NAME"]: row for row in table}
 
 
 def reasons(bed: FederationBed, cluster: str) -> list[str]:

@@ -9,8 +9,8 @@ After each fault the regions' clocks move one day, so whoever leads runs one mor
 Everything the regions said about leading (their /healthz, polled every 50 ms) and everything
 their stores say about decrements is judged at the end by :func:`testbed.history.check`:
 
-* no two regions believed they led at once for longer than the clock-skew bound (plus the
-  sampling granularity);
+* no two regions believed they led at once (beyond the sampling granularity: the design
+  allows no overlap while the clocks stay within the skew bound, and the skews injected do);
 * no store decremented a date twice (its log, and the probe memory's ``x_coord``);
 * whenever a majority of clusters was up and connected, someone led within the bound.
 
@@ -125,7 +125,9 @@ def test_quorum_leadership_under_random_faults(tmp_path: Path) -> None:
                 )
                 time.sleep(rng.uniform(0.2, 1.5))
             time.sleep(2)  # the last decrement reaches every store
-        violations = bed.check(bound=LIVENESS_BOUND, skew=SKEW)
+        # no overlap at all is allowed while the clocks stay within the bound (the design's
+        # claim): only the sampling granularity is forgiven, not the skew bound itself
+        violations = bed.check(bound=LIVENESS_BOUND, skew=0.0)
         stores = bed.stores()
     elapsed = time.monotonic() - started
     for name, view in sorted(stores.items()):

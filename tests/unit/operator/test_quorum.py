@@ -201,7 +201,9 @@ def test_switchover_request_travels_on_the_votes() -> None:
     held = {c: lease(ident("us"), 5) for c in CLUSTERS}
     d = decide_quorum(view("eu", votes(held), eu))
     assert d.forward == [(ident("eu"), "1700000000")]
-    asked = {c: requested_vote(lease(ident("us"), 5), ident("eu"), "1700000000") for c in CLUSTERS}
+    asked = {
+        c: requested_vote(lease(ident("us"), 5), ident("eu"), "1700000000", 5) for c in CLUSTERS
+    }
     d = decide_quorum(view("us", votes(asked), region("us")))
     assert d.plan is Plan.STEP_DOWN and d.target == ident("eu")
     assert d.reason is TransitionReason.SWITCHOVER
@@ -219,7 +221,7 @@ def test_switchover_request_travels_on_the_votes() -> None:
 
 
 def test_a_request_from_an_older_term_is_void() -> None:
-    stale = requested_vote(lease(ident("us"), 5), ident("eu"), "1")
+    stale = requested_vote(lease(ident("us"), 5), ident("eu"), "1", 5)
     newer = taken_vote(
         stale,
         holder=ident("ap"),
@@ -234,7 +236,7 @@ def test_a_request_from_an_older_term_is_void() -> None:
         "spec": {**stale["spec"], "leaseTransitions": 6, "holderIdentity": ident("ap")},
     }
     assert json.loads(kept["metadata"]["annotations"][PROMOTE_REQUEST_ANNOTATION])["token"] == 5
-    assert Vote(cluster="us", lease=kept).request is None
+    assert Vote(cluster="us", lease=kept).request == (ident("eu"), "1", 5)  # kept, but void:
     d = decide_quorum(view("ap", votes({c: kept for c in CLUSTERS}), region("ap")))
     assert d.plan is Plan.RENEW
 
@@ -271,3 +273,23 @@ def test_renewal_takes_back_a_free_vote_so_every_lease_carries_the_token() -> No
     assert d.plan is Plan.RENEW and sorted(d.votes) == ["ap", "us"] and d.token == 4
     newer = {**held, "us": lease(ident("ap"), 9)}  # held by a newer term: never taken back
     assert decide_quorum(view("eu", votes(newer, age=60), eu)).votes == ["ap"]
+
+
+def test_a_vote_left_on_an_older_term_neither_keeps_its_request_nor_its_token() -> None:
+    """ap was cut off through two terms: its vote still carries term 1 and a request made
+    then. The request is void (the term moved on), and the holder's renewal rewrites the vote
+    with its own token, dropping the request."""
+    us = region("us")
+    old = requested_vote(lease(ident("us"), 1), ident("eu"), "100", 1)
+    held = {"us": lease(ident("us"), 2), "eu": lease(ident("us"), 2), "ap": old}
+    d = decide_quorum(view("us", votes(held), us))
+    assert d.plan is Plan.RENEW and sorted(d.votes) == ["ap", "eu"] and d.token == 2
+    renewed = taken_vote(
+        old,
+        holder=ident("us"),
+        token=2,
+        now=dt.datetime.now(dt.UTC),
+        grant=3,
+        reason=TransitionReason.SWITCHOVER,
+    )
+    assert PROMOTE_REQUEST_ANNOTATION not in renewed["metadata"]["annotations"]
