@@ -69,13 +69,30 @@ class Peers:
         from memoria.contract import load_api_client
 
         try:
-            kube = Kube(load_api_client(str(path)), timeout=self.timeout, liveness=False)
+            api = single_try(load_api_client(str(path)))
+            kube = Kube(api, timeout=self.timeout, liveness=False)
         except Exception as exc:  # a bad kubeconfig: say which, not its contents
             return (
                 f"credentials for cluster {cluster} in {path} cannot be used ({type(exc).__name__})"
             )
         self._clients[cluster] = (mtime, kube)
         return kube
+
+
+def single_try(api: Any) -> Any:
+    """``api`` with urllib3's resending of failed requests turned off. A vote is written with
+    a compare-and-set: a PUT resent after a lost answer comes back 409 although the first one
+    landed, and a resent GET to a cut-off peer multiplies the time the round waits."""
+    pool = api.rest_client.pool_manager
+    pool.request = partial(pool.request, retries=False)
+    return api
+
+
+def _own_api(shared: Any) -> Any:
+    """A client of its own for this cluster's API, with the shared one's configuration."""
+    from kubernetes import client
+
+    return client.ApiClient(configuration=shared.configuration)
 
 
 def quorum_problem(members: dict[str, Region], cluster_name: str) -> str | None:
@@ -118,8 +135,9 @@ class CrossCluster:
         cfg = manager.config
         self.config = cfg
         self.peers = Peers(cfg.peers_dir, cfg.retry_interval_seconds)
-        # this cluster's Lease is read and written with the same short bound as the peers'
-        self.own = Kube(manager.kube.api, timeout=cfg.retry_interval_seconds)
+        # this cluster's Lease is read and written with the same short bound as the peers',
+        # on a client of its own that never resends
+        self.own = Kube(single_try(_own_api(manager.kube.api)), timeout=cfg.retry_interval_seconds)
         self.states: dict[tuple[str, str], QuorumState] = {}
 
     # -- reading ---------------------------------------------------------------------------
