@@ -9,7 +9,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 
-from ..sync.events import Action
+from ..sync.events import Action, SyncEvent
 from .decrement import decrement_dates, remote_decrement
 from .dialects import Database, Tx
 from .records import (
@@ -51,6 +51,8 @@ class Inbound:
         with self.db.transaction(write=True) as tx:
             dates: list[str] | None = None  # this store's decrement log, read when first needed
             for op in ops:
+                _defer(tx, op, now)  # not in sync_inbox: applied once its token is allowed
+            for op in (o for o in ops if o.kind != "defer"):
                 fresh = tx.execute(
                     "INSERT INTO sync_inbox (event_id, received_at) VALUES (?, ?) "
                     "ON CONFLICT (event_id) DO NOTHING",
@@ -69,16 +71,14 @@ class Inbound:
                     applied += done
                     refused += not done
                 elif op.kind == "decrement" and op.event is not None:
+                    tx.execute("DELETE FROM sync_deferred WHERE event_id = ?", (op.event_id,))
                     outcome = remote_decrement(tx, op.event)
                     outcomes.append(outcome)
-                    if outcome.ran:
-                        applied += 1
-                        if dates is not None:
-                            bisect.insort(dates, outcome.date)
-                    elif outcome.reason == "stale":
-                        stale += 1
-                    else:
-                        skipped += 1
+                    if outcome.ran and dates is not None:
+                        bisect.insort(dates, outcome.date)
+                    applied += outcome.ran
+                    stale += not outcome.ran and outcome.reason == "stale"
+                    skipped += not outcome.ran and outcome.reason != "stale"
                 else:
                     skipped += 1
             if position is not None:
@@ -90,12 +90,33 @@ class Inbound:
                 )
         return InboundResult(applied, duplicates, skipped, stale, outcomes, refused)
 
+    def deferred(self) -> list[SyncEvent]:
+        """The decrements kept for later (see ``defer``), oldest first."""
+        with self.db.transaction(write=False) as tx:
+            rows = tx.execute(
+                "SELECT body FROM sync_deferred ORDER BY received_at, event_id"
+            ).fetchall()
+        return [SyncEvent.from_json(str(row[0])) for row in rows]
+
+    def drop_deferred(self, event_id: str) -> None:
+        with self.db.transaction(write=True) as tx:
+            tx.execute("DELETE FROM sync_deferred WHERE event_id = ?", (event_id,))
+
     def prune_inbox(self, older_than: dt.timedelta) -> int:
         cutoff = (dt.datetime.now(dt.UTC) - older_than).isoformat(timespec="microseconds")
         with self.db.transaction(write=True) as tx:
             return int(
                 tx.execute("DELETE FROM sync_inbox WHERE received_at < ?", (cutoff,)).rowcount
             )
+
+
+def _defer(tx: Tx, op: InboundOp, now: str) -> None:
+    if op.kind == "defer" and op.event is not None:
+        tx.execute(
+            "INSERT INTO sync_deferred (event_id, body, received_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (event_id) DO NOTHING",
+            (op.event_id, op.event.to_json(), now),
+        )
 
 
 def _upsert_remote(tx: Tx, m: Memory, *, deleted: bool) -> None:

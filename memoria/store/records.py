@@ -128,7 +128,7 @@ class DecrementOutcome:
     last_by: str | None = None
 
 
-InboundKind = Literal["upsert", "withdraw", "decrement", "skip"]
+InboundKind = Literal["upsert", "withdraw", "decrement", "skip", "defer"]
 
 
 @dataclass(slots=True)
@@ -137,8 +137,9 @@ class InboundOp:
 
     ``kind``: ``upsert`` (store ``memory``), ``withdraw`` (drop our copy of ``memory_id`` up to
     ``version``: the memory left our privacy range or was deleted at its origin), ``decrement``
-    (apply the leader's decrement once per date) or ``skip`` (only remember the id: own origin,
-    privacy, malformed).
+    (apply the leader's decrement once per date), ``skip`` (only remember the id: own origin,
+    privacy, malformed) or ``defer`` (keep a decrement in ``sync_deferred``, not marked seen,
+    until this region's Lease allows its token).
     """
 
     event_id: str

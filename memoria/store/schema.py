@@ -41,6 +41,10 @@ def _statements(tx: Tx) -> list[str]:
         """CREATE TABLE IF NOT EXISTS sync_inbox (
             event_id TEXT PRIMARY KEY, received_at TEXT NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS sync_inbox_by_time ON sync_inbox (received_at)",
+        # peers' decrements kept until this region's Lease allows their token (groups across
+        # clusters): durable, because the broker's cursor moves past them
+        """CREATE TABLE IF NOT EXISTS sync_deferred (
+            event_id TEXT PRIMARY KEY, body TEXT NOT NULL, received_at TEXT NOT NULL)""",
         """CREATE TABLE IF NOT EXISTS sync_cursors (
             source TEXT PRIMARY KEY, position TEXT NOT NULL, updated_at TEXT NOT NULL)""",
     ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -67,8 +66,9 @@ def memory_from_payload(payload: dict[str, Any], event: SyncEvent) -> Memory:
     return memory_from_event(event)
 
 
-# a peer's decrement with a token ahead of this region's Lease by at most this much is kept
-# (not refused) until the Lease catches up; at most DEFER_MAX such events are kept
+# in a group across clusters, a peer's decrement with a token ahead of this region's Lease by at
+# most this much is kept in the store (not refused) until the Lease catches up; at most
+# DEFER_MAX such events are kept, more are refused
 DEFER_AHEAD = 16
 DEFER_MAX = 64
 
@@ -94,14 +94,10 @@ class InboundApplier:
         self._warned: dict[str, tuple[float, int]] = {}  # reason: (logged at, not logged since)
         #: called with each decrement outcome applied from a peer (for logs, metrics, tests)
         self.on_remote_decrement: Callable[[DecrementOutcome], None] | None = None
-        #: peers' decrements whose token is a little ahead of the Lease this region has seen,
-        #: by event id: applied once the Lease catches up (see :meth:`retry_deferred`)
-        self._deferred: dict[str, SyncEvent] = {}
         #: how far ahead a token may be to be kept: 0 (refuse) unless the region belongs to a
         #: group across clusters (the runtime sets DEFER_AHEAD then); in one cluster the Lease
         #: and the leader's token never disagree, and a token ahead is a forgery
         self.defer_ahead = 0
-        self._deferred_lock = threading.Lock()
 
     def _privacy(self) -> PrivacyRange:
         sync = self._sync()
@@ -176,8 +172,9 @@ class InboundApplier:
             if event.entity_type is not EntityType.SCHEDULE:
                 return self._skip(event, DropReason.MALFORMED)
             refusal = self._check_decrement(event)
-            if refusal is Refusal.FENCE and self._defer(event):
-                return None  # not recorded as seen: applied once the Lease catches up
+            if refusal is Refusal.FENCE and self._may_defer(event):
+                # kept in the store (not marked seen): applied once the Lease catches up
+                return InboundOp(event.event_id, "defer", event)
             if refusal is not None:
                 return self._refuse(event, refusal)
             return InboundOp(event.event_id, "decrement", event)
@@ -187,46 +184,37 @@ class InboundApplier:
             return self._skip(event, DropReason.NAMESPACE)
         return self._classify_memory(event)
 
-    def _defer(self, event: SyncEvent) -> bool:
-        """Keep a decrement whose token is ahead of this region's Lease by at most
-        :attr:`defer_ahead` (groups across clusters only): there the leader's new token
-        reaches this cluster's Lease a round after its decrement may reach the broker. At
-        most :data:`DEFER_MAX` are kept (the oldest is refused when a new one comes)."""
-        lease = self.lease_facts()
-        token = event.payload.get("token")
-        if lease.transitions is None or not isinstance(token, int) or isinstance(token, bool):
+    def _may_defer(self, event: SyncEvent) -> bool:
+        """Whether to keep a decrement whose token is ahead of this region's Lease: by at most
+        :attr:`defer_ahead` (groups across clusters only: there the leader's new token reaches
+        this cluster's Lease a round after its decrement may reach the broker), and while
+        fewer than :data:`DEFER_MAX` are kept."""
+        if not self._still_ahead(event):
             return False
-        if not lease.transitions < token <= lease.transitions + self.defer_ahead:
+        try:
+            kept = len(self.store.deferred())
+        except Exception:  # the store is down: refused like any other early token
             return False
-        with self._deferred_lock:
-            self._deferred[event.event_id] = event
-            while len(self._deferred) > DEFER_MAX:
-                oldest = next(iter(self._deferred))
-                self._refuse(self._deferred.pop(oldest), Refusal.FENCE)
+        if kept >= DEFER_MAX:
+            return False
         log.info(
-            "sync: %s's decrement for %s carries token %d, ahead of this region's Lease (%d): "
+            "sync: %s's decrement for %s carries token %s, ahead of this region's Lease: "
             "kept until the Lease catches up",
             event.origin,
             event.payload.get("date"),
-            token,
-            lease.transitions,
+            event.payload.get("token"),
         )
         return True
 
     def retry_deferred(self) -> None:
-        """Apply the deferred decrements the Lease now allows (called when its token moves)."""
-        with self._deferred_lock:
-            events = list(self._deferred.values())
-        if not events:
-            return
+        """Apply the kept decrements the Lease now allows (called when its token moves)."""
         ops = []
-        for event in events:
+        for event in self.store.deferred():
             refusal = self._check_decrement(event)
             if refusal is Refusal.FENCE and self._still_ahead(event):
                 continue
-            with self._deferred_lock:
-                self._deferred.pop(event.event_id, None)
             if refusal is not None:
+                self.store.drop_deferred(event.event_id)
                 self._refuse(event, refusal)
             else:
                 ops.append(InboundOp(event.event_id, "decrement", event))
@@ -239,6 +227,7 @@ class InboundApplier:
         return (
             lease.transitions is not None
             and isinstance(token, int)
+            and not isinstance(token, bool)
             and lease.transitions < token <= lease.transitions + self.defer_ahead
         )
 

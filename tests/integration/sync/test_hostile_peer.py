@@ -95,10 +95,13 @@ def test_a_forged_decrement_neither_runs_early_nor_raises_the_fence(
         assert refused(standby, "decrement_token") == 3
         standby.sync.applier.retry_deferred()  # the Lease has not moved: still kept
         assert standby.store.metadata()["last_decrement_date"] == DAY_B
+        # kept in the store, not in memory: a restart before the Lease catches up loses nothing
+        assert [e.payload["date"] for e in standby.store.deferred()] == [DAY_C]
         standby.sync.applier.lease_facts = lambda: LeaseFacts(2)
         standby.sync.applier.retry_deferred()  # what the Lease watch calls when it moves
         assert standby.store.metadata()["last_decrement_date"] == DAY_C
         assert {m.x_coord for m in standby.store.list_memories() if m.text != "mark"} == {-3.0}
+        assert standby.store.deferred() == []
 
 
 def test_forged_deletes_and_updates_do_not_win_for_good(
