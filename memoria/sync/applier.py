@@ -222,14 +222,18 @@ class InboundApplier:
             self._count(self.store.apply_inbound(ops, source="deferred", position=None))
 
     def _still_ahead(self, event: SyncEvent) -> bool:
+        """Whether the event's token may still become allowed: a little ahead of the Lease, or
+        any token while the Lease was not read yet (a region replaying the broker's journal
+        as it starts, before its Lease watch's first answer)."""
+        if not self.defer_ahead:
+            return False
         lease = self.lease_facts()
         token = event.payload.get("token")
-        return (
-            lease.transitions is not None
-            and isinstance(token, int)
-            and not isinstance(token, bool)
-            and lease.transitions < token <= lease.transitions + self.defer_ahead
-        )
+        if not isinstance(token, int) or isinstance(token, bool):
+            return False
+        if lease.transitions is None:
+            return True
+        return lease.transitions < token <= lease.transitions + self.defer_ahead
 
     def _count_unread(self, delivery: Delivery) -> None:
         if delivery.reason == "foreign":
