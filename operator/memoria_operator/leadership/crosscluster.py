@@ -134,10 +134,13 @@ class CrossCluster:
         self.manager = manager
         cfg = manager.config
         self.config = cfg
-        self.peers = Peers(cfg.peers_dir, cfg.retry_interval_seconds)
+        # one call to another cluster: bounded so a cut link costs little, but not so tight
+        # that a busy API server's answer counts as a lost vote
+        timeout = min(max(cfg.retry_interval_seconds, 1.0), cfg.renew_interval_seconds)
+        self.peers = Peers(cfg.peers_dir, timeout)
         # this cluster's Lease is read and written with the same short bound as the peers',
         # on a client of its own that never resends
-        self.own = Kube(single_try(_own_api(manager.kube.api)), timeout=cfg.retry_interval_seconds)
+        self.own = Kube(single_try(_own_api(manager.kube.api)), timeout=timeout)
         self.states: dict[tuple[str, str], QuorumState] = {}
 
     # -- reading ---------------------------------------------------------------------------
@@ -359,15 +362,30 @@ class CrossCluster:
             # the own write failed, but a write whose answer was lost may have landed:
             # count its grant as extended, so the peers' votes wait it out
             state.granted_at = started
-        # a majority is gone (or this cluster's own Lease): stop before anyone else starts
+        # a majority is gone (or this cluster's own Lease). The region's grant runs out by
+        # itself (renewTime + G, before anyone else may start), so a failed round is retried at
+        # the next step, and only a grant about to run out is given up: one slow answer on a
+        # busy link does not move leadership
+        message = (
+            f"{identity} could renew {len(written)} of {len(view.clusters)} votes "
+            f"({view.majority} needed, this cluster's among them)"
+        )
+        granted = state.granted_at
+        left = view.grant_seconds - (started - granted) if granted is not None else 0.0
+        if left > view.retry_interval * 2:
+            log.info(
+                "group %s/%s: %s; retrying (its grant runs out in %.1fs)",
+                namespace,
+                group,
+                message,
+                left,
+            )
+            return _merged(view, written)
         failed = QuorumDecision(
             plan=Plan.STEP_DOWN,
             identity=identity,
             reason=TransitionReason.QUORUM_LOST,
-            message=(
-                f"{identity} could renew {len(written)} of {len(view.clusters)} votes "
-                f"({view.majority} needed, this cluster's among them)"
-            ),
+            message=message,
         )
         log.warning("group %s/%s: %s; stepping down", namespace, group, failed.message)
         merged = _merged(view, written)

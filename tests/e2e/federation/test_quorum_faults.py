@@ -38,11 +38,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 ROUNDS = int(os.environ.get("MEMORIA_FAULT_ROUNDS") or 20)
 SKEW = 1.0  # the clock-skew bound the operators run with (MEMORIA_OPERATOR_MAX_CLOCK_SKEW_SECONDS)
 DURATION = 3.0  # the Lease duration of the bed (testbed.harness.FAST_TIMINGS)
-RETRY = 0.25
 # liveness: after the leader is lost, its votes stand unchanged for the Lease duration, the
-# next cluster in line waits its place x the retry interval, then one round of writes and the
-# region's watch; plus room for a 2-core machine running other tests
-LIVENESS_BOUND = DURATION + 3 * RETRY + 4.0
+# next cluster in line waits its place x the retry interval, then a round of writes (each call
+# bounded by 1 s) and the region's watch. The bound allows twice the duration plus 3 s: this
+# runs on 2 cores beside the rest of the suite (bench/crosscluster_bench.py measures failover
+# itself: p99 under 5 s with a 4 s Lease)
+LIVENESS_BOUND = 2 * DURATION + 3.0
 KINDS = ("kill-cluster", "isolate", "cut-one-way", "pause-apiserver", "kill-operator", "skew")
 
 
