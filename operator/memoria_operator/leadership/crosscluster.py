@@ -196,22 +196,37 @@ class CrossCluster:
     ) -> None:
         problem = quorum_problem(members, self.config.cluster_name)
         state = self.states.setdefault((namespace, group), QuorumState())
-        if problem is not None:
-            await asyncio.to_thread(
-                partial(
-                    self._publish,
-                    namespace=namespace,
-                    group=group,
-                    members=members,
-                    health=health,
-                    own=None,
-                    votes={},
-                    message=problem,
-                    acks={},
-                    misconfigured=True,
-                )
+        own: dict[str, Any] | None = None
+        votes: dict[str, Vote] = {}
+        acks: dict[str, Ack] = {}
+        message = problem or ""
+        if problem is None:
+            own, votes, acks, message = await self._step(namespace, group, members, health, state)
+        await asyncio.to_thread(
+            partial(
+                self._publish,
+                namespace=namespace,
+                group=group,
+                members=members,
+                health=health,
+                own=own,
+                votes=votes,
+                message=message,
+                acks=acks,
+                misconfigured=problem is not None,
             )
-            return
+        )
+
+    async def _step(
+        self,
+        namespace: str,
+        group: str,
+        members: dict[str, Region],
+        health: dict[str, Health],
+        state: QuorumState,
+    ) -> tuple[dict[str, Any] | None, dict[str, Vote], dict[str, Ack], str]:
+        """Read, decide, write: (this cluster's Lease, the votes, the answers to promote
+        requests, what the step says)."""
         quorum = next(iter(members.values())).spec.quorum
         assert quorum is not None
         votes = await self._votes(namespace, group, list(quorum.clusters), state)
@@ -235,20 +250,7 @@ class CrossCluster:
             # a handover in flight: look again in a moment rather than a retry interval later
             # (each of its steps waits for the previous one to be seen)
             asyncio.get_running_loop().call_later(HANDOVER_POLL, self.manager.wake)
-        own = votes[self.config.cluster_name].lease
-        await asyncio.to_thread(
-            partial(
-                self._publish,
-                namespace=namespace,
-                group=group,
-                members=members,
-                health=health,
-                own=own,
-                votes=votes,
-                message=decision.message,
-                acks=acks,
-            )
-        )
+        return votes[self.config.cluster_name].lease, votes, acks, decision.message
 
     async def _act(
         self, namespace: str, group: str, view: QuorumView, decision: QuorumDecision
