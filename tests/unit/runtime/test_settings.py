@@ -137,6 +137,7 @@ def test_apply_updates_validates_all_before_applying() -> None:
         ({"sync.enabled": "yes"}, "sync.enabled"),
         ({"sync.backend": "kafka"}, "sync.backend"),
         ({"decrement_tz": "Nowhere/Land"}, "decrement_tz"),
+        ({"decrement_tz": "Z" * 300}, "decrement_tz"),  # found by the fuzz test: ENAMETOOLONG
         ({"disable_schedulers": 1}, "disable_schedulers"),
     ],
 )
