@@ -51,28 +51,46 @@ if [[ $# -gt 0 ]]; then
   exit $rc
 fi
 
-# The whole suite (what CI runs): the real node's tests in a second pytest session beside the
-# rest. Both spend most of their time waiting on servers, pods and timers, not on the CPU, so
-# side by side they take about as long as the longer one (measured figures: README, "The
-# tests"). The node session's output is kept in a log and printed once both are done.
+# The whole suite (what CI runs): several pytest sessions side by side, each with its own
+# control plane, Redis and PostgreSQL on free ports and its own temp dirs: the real node's tests
+# in one, the rest split by folder so that no session is much longer than the others (measured
+# figures: README, "The tests"). They spend most of their time waiting on servers, pods and
+# timers rather than on the CPU. Each session's output goes to its own log; every log is
+# printed once all are done, then one line per session.
 logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+names=()
+session() {  # session NAME PYTEST-ARGS...: start a pytest session in the background
+  local name=$1
+  shift
+  names+=("$name")
+  (
+    set +e
+    begun=$SECONDS
+    .venv/bin/pytest "$@" >"$logs/$name.log" 2>&1
+    echo "$? $((SECONDS - begun))" >"$logs/$name.result"
+  ) &
+}
 started=$SECONDS
-.venv/bin/pytest -m node --durations=15 >"$logs/node.log" 2>&1 &
-node_pid=$!
-set +e
-.venv/bin/pytest -m "not node" --durations=25
-rest=$?
-wait "$node_pid"
-node=$?
-set -e
-echo "== pytest -m node (ran beside the rest; $((SECONDS - started)) s for both)" >&2
-cat "$logs/node.log"
-rm -rf "$logs"
-for rc in $rest $node; do
-  if [[ $rc -eq 5 ]]; then
-    echo "a pytest session collected no tests: that is a failure here" >&2
-    exit 1
-  fi
+session node -m node --durations=15
+session leadership tests/e2e/leadership --durations=15
+session e2e tests/e2e -m "not node" --ignore=tests/e2e/leadership --durations=15
+# everything else (a new folder outside tests/e2e lands here): unit and integration tests
+session rest -m "not node" --ignore=tests/e2e --durations=15
+wait
+failed=0
+for name in "${names[@]}"; do
+  echo "== pytest session $name" >&2
+  cat "$logs/$name.log"
 done
-echo "== pytest: rest exited $rest, node exited $node" >&2
-((rest == 0 && node == 0))
+for name in "${names[@]}"; do
+  rc=1 secs=?
+  [[ -f $logs/$name.result ]] && read -r rc secs <"$logs/$name.result"
+  if [[ $rc -eq 5 ]]; then
+    echo "== pytest session $name collected no tests: that is a failure here" >&2
+  fi
+  echo "== pytest session $name exited $rc after $secs s" >&2
+  ((rc == 0)) || failed=1
+done
+echo "== pytest: $((SECONDS - started)) s for all ${#names[@]} sessions side by side" >&2
+((failed == 0))

@@ -268,7 +268,8 @@ class MemoriaSettings(BaseSettings):
     def _zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
+        # OSError: a name the file system refuses before any lookup (too long, say)
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
             raise ValueError(f"unknown time zone {value!r} (use an IANA name such as UTC)") from exc
         return value
 

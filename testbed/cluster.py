@@ -49,8 +49,8 @@ def install_crd(kube: KubeTarget, crd: Path, timeout: float = 60) -> None:
 
 
 def get(kube: KubeTarget, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-    proc = kube.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
-    return json.loads(proc.stdout) if proc.returncode == 0 else None
+    """The object as ``kubectl get -o json`` shows it, or None (:meth:`KubeTarget.read`)."""
+    return kube.read(kind, name, namespace)
 
 
 def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -111,16 +111,10 @@ def secret(kube: KubeTarget, namespace: str, name: str, **data: str) -> None:
 
 
 def events_for(kube: KubeTarget, namespace: str, name: str) -> list[dict[str, Any]]:
-    out = kube.kubectl(
-        "get",
-        "events",
-        "-n",
-        namespace,
-        "-o",
-        "json",
-        f"--field-selector=involvedObject.name={name}",
-    ).stdout
-    items: list[dict[str, Any]] = json.loads(out)["items"]
+    found = kube.api_get(
+        f"/api/v1/namespaces/{namespace}/events", fieldSelector=f"involvedObject.name={name}"
+    )
+    items: list[dict[str, Any]] = found["items"]
     return items
 
 

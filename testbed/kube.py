@@ -9,9 +9,11 @@ Three targets, same tests:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,41 @@ from typing import Any
 
 import yaml
 
+from memoria.contract import API_VERSION, PLURAL
+
 from .controlplane import LocalControlPlane
+
+# ``kubectl get`` names of the kinds :meth:`KubeTarget.read` fetches itself: the API path's base
+# and the resource's plural. The tests poll these (who holds the Lease, a region's status) every
+# 0.1 s; a kubectl process per poll cost a tenth of a second of CPU each, on a 2-core machine
+# running several test sessions at once.
+_READ_PATHS = {
+    "mreg": (f"/apis/{API_VERSION}", PLURAL),
+    "memoriaregion": (f"/apis/{API_VERSION}", PLURAL),
+    "deployment": ("/apis/apps/v1", "deployments"),
+    "lease": ("/apis/coordination.k8s.io/v1", "leases"),
+    "service": ("/api/v1", "services"),
+    "serviceaccount": ("/api/v1", "serviceaccounts"),
+    "configmap": ("/api/v1", "configmaps"),
+    "secret": ("/api/v1", "secrets"),
+    "pod": ("/api/v1", "pods"),
+    "role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "rolebinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+}
+_clients: dict[tuple[str, int], Any] = {}  # (kubeconfig, its mtime) -> kubernetes ApiClient
+_clients_lock = threading.Lock()
+
+
+def _api_client(kubeconfig: Path) -> Any:
+    """One ``kubernetes`` ApiClient (a pool of kept-alive connections) per kubeconfig file, made
+    again if the file is rewritten."""
+    from memoria.contract import load_api_client
+
+    key = (str(kubeconfig), kubeconfig.stat().st_mtime_ns)
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = load_api_client(str(kubeconfig))
+        return _clients[key]
 
 
 class KubectlError(RuntimeError):
@@ -29,6 +65,10 @@ class KubectlError(RuntimeError):
         super().__init__(f"kubectl {' '.join(args)} failed ({returncode}): {stderr.strip()}")
         self.returncode = returncode
         self.stderr = stderr
+
+
+class KubeApiError(RuntimeError):
+    """A GET through the API failed: refused, not found, or no answer."""
 
 
 @dataclass
@@ -86,9 +126,40 @@ class KubeTarget:
         return self.kubectl(*args, stdin=text, check=check)
 
     def get_json(self, *args: str) -> Any:
-        import json
-
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def read(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        """``kubectl get KIND NAME -n NAMESPACE -o json``, or None where kubectl would fail (not
+        found, refused, no answer). The kinds of ``_READ_PATHS`` are read through the
+        ``kubernetes`` client on kept-alive connections, with the same kubeconfig; others
+        through kubectl."""
+        if kind not in _READ_PATHS:
+            proc = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+            return json.loads(proc.stdout) if proc.returncode == 0 else None
+        base, plural = _READ_PATHS[kind]
+        try:
+            return self.api_get(f"{base}/namespaces/{namespace}/{plural}/{name}")
+        except KubeApiError:
+            return None
+
+    def api_get(self, path: str, **query: str) -> dict[str, Any]:
+        """GET ``path`` of the API through the ``kubernetes`` client (kept-alive connections,
+        the same kubeconfig as kubectl): the JSON answer, else :class:`KubeApiError`."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        from memoria.contract import api_call
+
+        try:
+            resp = api_call(
+                _api_client(self.kubeconfig), "GET", path, query=query or None, timeout=60
+            )
+        except (ApiException, HTTPError, OSError) as exc:
+            raise KubeApiError(f"GET {path}: {exc}") from exc
+        if resp.status != 200:
+            raise KubeApiError(f"GET {path}: HTTP {resp.status}")
+        found: dict[str, Any] = json.loads(resp.data)
+        return found
 
     def token_kubeconfig(
         self,

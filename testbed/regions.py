@@ -257,13 +257,33 @@ class RegionBed:
         return armed
 
     def wait_leader(self, name: str, timeout: float = 20) -> None:
+        """``name`` holds the Lease, its scheduler leads, and every region's status says so
+        (the operator writes the statuses, then its Events, a moment after the Lease)."""
         key = f"{self.namespace}/{name}"
         wait_until(lambda: self.holder() == key, timeout, f"{key} to hold the Lease")
         wait_until(lambda: self.leading(name) is True, timeout, f"{name}'s scheduler to lead")
+        wait_until(
+            lambda: all(
+                (self.region(n).get("status", {}).get("leadership") or {}).get("holder") == key
+                for n in self.ports
+            ),
+            timeout,
+            f"every region's status to name {key} the holder",
+        )
 
     def events(self, name: str) -> list[str]:
         """The reasons of the Events about region ``name``, oldest first."""
         return [e["reason"] for e in events_for(self.kube, self.namespace, name)]
+
+    def wait_events(self, name: str, *reasons: str, timeout: float = 10) -> list[str]:
+        """:meth:`events` once it holds every one of ``reasons``: the operator posts an Event
+        just after the change it reports, so a test that saw the change waits for it."""
+
+        def seen() -> list[str]:
+            found = self.events(name)
+            return found if set(reasons) <= set(found) else []
+
+        return wait_until(seen, timeout, f"Events {', '.join(reasons)} on {name}")
 
 
 class LeadershipSampler:

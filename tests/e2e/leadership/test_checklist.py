@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from functools import partial
 
 import psycopg
 import pytest
 import redis
 
 from testbed import MemoriaProcess, wait_until
-from testbed.harness import OperatorRun
+from testbed.harness import running_operator
 from testbed.kube import KubeTarget
 from testbed.regions import PG_TABLE, RegionBed, region_bed
 
@@ -27,24 +27,29 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 PRIVACY = {"region-a": {"floor": 0, "ceiling": 15}, "region-b": {"floor": 0, "ceiling": 10}}
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(scope="module", params=["redis", "postgres"])
 def bed(
     request: pytest.FixtureRequest,
     crd_installed: KubeTarget,
-    namespace: str,
-    tmp_path: Path,
-    operator: OperatorRun,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RegionBed]:
-    with region_bed(
-        crd_installed,
-        namespace,
-        tmp_path,
-        backend=request.param,
-        privacy=PRIVACY,
-        operator=operator,
-    ) as bed:
-        bed.wait_leader("region-a")
-        yield bed
+    """One bed per backend for the four items in order, as the guide runs its checklist on one
+    deployment (the drill, which breaks things, comes last)."""
+    backend = request.param
+    namespace = crd_installed.create_namespace(f"checklist-{backend}")
+    try:
+        with region_bed(
+            crd_installed,
+            namespace,
+            tmp_path_factory.mktemp(f"checklist-{backend}"),
+            backend=backend,
+            privacy=PRIVACY,
+            operator=partial(running_operator, crd_installed),
+        ) as bed:
+            bed.wait_leader("region-a")
+            yield bed
+    finally:
+        crd_installed.delete_namespace(namespace)
 
 
 def has(proc: MemoriaProcess, memory_id: str) -> bool:

@@ -162,11 +162,8 @@ def test_switchover_rolls_the_old_leader_off_before_the_new_one_on(env_bed: Regi
     assert sampler.both_leading() == [], "two decrement timers were armed at once"
     rollout_order(bed, "region-a", "region-b")
     assert deployment_env(bed, "region-a")["DISABLE_SCHEDULERS"] == "true"
-    events_a, events_b = bed.events("region-a"), bed.events("region-b")
-    for reason in ("SchedulerDisabling", "SchedulerDisabled"):
-        assert reason in events_a, events_a
-    for reason in ("SwitchoverStarted", "LeadershipAcquired", "SchedulerEnabling"):
-        assert reason in events_b, events_b
+    bed.wait_events("region-a", "SchedulerDisabling", "SchedulerDisabled")
+    bed.wait_events("region-b", "SwitchoverStarted", "LeadershipAcquired", "SchedulerEnabling")
     wait_until(
         lambda: bed.region("region-b")["status"].get("scheduler", {}).get("phase") == "Enabled",
         what="region-b's status to say Enabled",
@@ -189,8 +186,7 @@ def test_failover_rolls_the_dead_leader_off_first(env_bed: RegionBed) -> None:
     assert bed.scheduling("region-a") is False
     b = bed.region("region-b")["status"]
     assert b["leadership"]["lastTransitionReason"] == "Failover"
-    assert "SchedulerDisabled" in bed.events("region-a")
-    assert "SchedulerPresumedStopped" not in bed.events("region-a")
+    assert "SchedulerPresumedStopped" not in bed.wait_events("region-a", "SchedulerDisabled")
     assert_only_decrements_after_the_flip(bed, "region-a", "region-b")
 
 
@@ -218,10 +214,14 @@ def test_failover_whose_old_leader_cannot_be_rolled_waits_for_its_timeout(
         "region-a's Deployment rolled to true",
     )
     assert bed.holder() is None
-    assert bed.region("region-a")["status"]["scheduler"]["phase"] == "Disabling"
+    wait_until(  # the status follows the Deployment
+        lambda: bed.region("region-a")["status"]["scheduler"]["phase"] == "Disabling",
+        10,
+        "region-a's status to say Disabling",
+    )
     wait_scheduling(bed, "region-b", timeout=120)
     # granted only once region-a was presumed stopped (down, rollout timed out): said so
-    assert "SchedulerPresumedStopped" in bed.events("region-a")
+    bed.wait_events("region-a", "SchedulerPresumedStopped")
     assert bed.region("region-a")["status"]["scheduler"]["phase"] == "Disabling"
     bed.rollouts.release("region-a")  # it comes back: with its scheduler off
     wait_until(
@@ -290,4 +290,4 @@ def test_mixed_group_lease_and_env_regions_take_turns(
             )
         assert sampler.both_leading() == []
         assert bed.scheduling("region-b") is False
-        assert "SchedulerDisabled" in bed.events("region-b")
+        bed.wait_events("region-b", "SchedulerDisabled")

@@ -55,7 +55,7 @@ def test_only_the_leader_decrements(
         assert bed.region("region-a")["status"]["leadership"]["lastTransitionReason"] == (
             "Bootstrap"
         )
-        assert "LeadershipAcquired" in bed.events("region-a")
+        bed.wait_events("region-a", "LeadershipAcquired")
 
 
 @pytest.mark.parametrize("how", ["kubectl", "admin-promote"])
@@ -92,9 +92,12 @@ def test_switchover(
         assert (a["status"]["role"], b["status"]["role"]) == ("standby", "leader")
         assert b["status"]["leadership"]["lastTransitionReason"] == "Switchover"
         assert b["status"]["leadership"]["lastPromotion"]
-        assert "SwitchoverStarted" in bed.events("region-b")
-        assert "LeadershipAcquired" in bed.events("region-b")
-        assert {"LeadershipReleased", "LeadershipLost"} & set(bed.events("region-a"))
+        bed.wait_events("region-b", "SwitchoverStarted", "LeadershipAcquired")
+        wait_until(
+            lambda: {"LeadershipReleased", "LeadershipLost"} & set(bed.events("region-a")),
+            10,
+            "region-a's LeadershipReleased or LeadershipLost",
+        )
         # the logs agree: region-a stopped leading before region-b started
         a_log = leadership_log(bed.processes["region-a"])
         last_on = max(i for i, (_, leads) in enumerate(a_log) if leads)
@@ -120,7 +123,7 @@ def test_failover_drill_and_no_failback(
         b = bed.region("region-b")
         assert b["status"]["leadership"]["lastTransitionReason"] == "Failover"
         assert bed.region("region-a")["status"]["health"]["healthy"] is False
-        assert "LeadershipLost" in bed.events("region-a")
+        bed.wait_events("region-a", "LeadershipLost")
         # region-a comes back: it stays a standby (no automatic failback)
         bed.start("region-a")
         wait_until(

@@ -70,6 +70,7 @@ def test_status_promote_fence_unfence(
             ),
             30,
             "both regions Ready and healthy in the plugin's view",
+            interval=0.5,  # each look is a Python process: a busy loop would take a core
         )
 
         # the table: who leads, and one row per region; no colour when not on a terminal
@@ -117,6 +118,7 @@ def test_status_promote_fence_unfence(
             lambda: _status(kube, plugin_dir, namespace)[0]["leader"] == "region-a",
             20,
             "region-a leading after the fence",
+            interval=0.5,
         )
         (group,) = _status(kube, plugin_dir, namespace)
         assert {r["name"]: r["fenced"] for r in group["regions"]} == {

@@ -149,6 +149,7 @@ def test_apply_updates_moves_the_scheduler_clock() -> None:
         ({"sync.enabled": "yes"}, "sync.enabled"),
         ({"sync.backend": "kafka"}, "sync.backend"),
         ({"decrement_tz": "Nowhere/Land"}, "decrement_tz"),
+        ({"decrement_tz": "Z" * 300}, "decrement_tz"),  # found by the fuzz test: ENAMETOOLONG
         ({"disable_schedulers": 1}, "disable_schedulers"),
         ({"scheduler.clock_offset_seconds": "5"}, "scheduler.clock_offset_seconds"),
         ({"scheduler.clock_offset_seconds": True}, "scheduler.clock_offset_seconds"),
