@@ -32,6 +32,8 @@ DOC_ORDER = [
     "docs/api.md",
     "docs/operations.md",
     "docs/security.md",
+    # its commands are ```sh blocks: they need three clusters (tests/e2e/federation does that)
+    "docs/install-across-clusters.md",
     "README.md",
 ]
 
