@@ -172,12 +172,14 @@ def _answer_promotions(view: GroupView, facts: LeaseFacts) -> tuple[dict[str, Ac
     return acks, target
 
 
-def _blip(view: GroupView, new: Region, old: Region | None) -> bool:
-    """A handover that involves a rollout (an env region on either side) lasts seconds, and a
-    machine busy starting pods may miss a probe of the target meanwhile: such a target that may
-    lead and has been unhealthy for less than its own failover bound is waited for rather than
-    given up (the handover is abandoned once it stays unhealthy past the bound)."""
-    if not (new.env_control or (old is not None and old.env_control)) or not new.may_lead:
+def _blip(view: GroupView, new: Region) -> bool:
+    """A handover's target that may lead and has been unhealthy for less than its own failover
+    bound is waited for rather than given up: a rollout (an env region on either side) lasts
+    seconds on a machine busy starting pods, and an operator that has just started (a new pod
+    finishing its predecessor's switchover) judges the target before its watch has delivered
+    the target's Deployment. Past the bound the handover is abandoned and the usual failover
+    rules pick a leader, so a target that is really down costs no more than a failover."""
+    if not new.may_lead:
         return False
     health = view.health.get(new.key)
     if health is None or health.healthy:
@@ -190,7 +192,7 @@ def _continue_handover(view: GroupView, facts: LeaseFacts) -> Decision:
     old = facts.handover_from
     reason = facts.reason or TransitionReason.SWITCHOVER
     old_region = view.regions.get(old or "")
-    if new is not None and _blip(view, new, old_region):
+    if new is not None and _blip(view, new):
         return _keep(f"waiting for {new.key} to answer again before it takes over")
     if new is None or _refusal(view, new, False) is not None:
         return Decision(

@@ -795,10 +795,10 @@ def test_handover_is_abandoned_when_the_target_is_gone() -> None:
     [
         (make_region("b", fenced=True), healthy()),
         (make_region("b", scheduler=False), healthy()),
-        (make_region("b"), unhealthy(1)),
+        (make_region("b"), unhealthy(10)),
         (make_region("b"), None),
     ],
-    ids=["fenced", "scheduler-disabled", "unhealthy", "not-probed"],
+    ids=["fenced", "scheduler-disabled", "unhealthy-for-its-bound", "not-probed"],
 )
 def test_handover_is_abandoned_when_the_target_may_no_longer_lead(
     target: Region, target_health: Health | None
@@ -808,6 +808,22 @@ def test_handover_is_abandoned_when_the_target_may_no_longer_lead(
         states["b"] = target_health
     d = decide(view([make_region("a"), target], states, handover_lease("b", "a")))
     assert (d.kind, d.holder, d.reason) == ("release", None, "Released")
+
+
+@pytest.mark.parametrize("old_health", [healthy(leading=True), healthy(leading=False)])
+def test_a_target_unhealthy_for_less_than_its_bound_is_waited_for(old_health: Health) -> None:
+    """An operator pod that takes over mid-switchover judges the target before its watch has
+    delivered the target's Deployment: giving up then turned the switchover into a failover."""
+    states = {"a": old_health, "b": unhealthy(9.9)}
+    d = decide(view([make_region("a"), make_region("b")], states, handover_lease("b", "a")))
+    assert (d.kind, d.holder) == ("keep", None)
+    assert d.message == "waiting for prod/b to answer again before it takes over"
+    states["b"] = healthy()
+    d = decide(view([make_region("a"), make_region("b")], states, handover_lease("b", "a")))
+    if old_health.leading is False:
+        assert (d.kind, d.holder, d.reason) == ("acquire", key("b"), "Switchover")
+    else:
+        assert d.kind == "keep"  # the old leader has not said it stopped, its grant is valid
 
 
 def test_handover_is_not_a_bootstrap_and_ignores_roles_and_priorities() -> None:
