@@ -55,11 +55,12 @@ if [[ ! -x .venv/bin/python ]]; then
   say "creating .venv"
   "$python" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+locks=(docker/requirements.lock hack/test-tools.lock)  # the runtime's pins (the image's) and the tools'
+stamp=.venv/.installed-$(cat pyproject.toml "${locks[@]}" | sha256sum | cut -c1-16)
 if [[ ! -f $stamp ]]; then
   say "installing the project and its test tools into .venv"
   .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -c "${locks[0]}" -c "${locks[1]}" -e '.[test]'
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 if [[ $python_only == 1 ]]; then
