@@ -4,9 +4,11 @@ stack."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 from testbed.paths import REPO, run_python
@@ -47,3 +49,31 @@ def test_the_kubectl_plugin_loads_neither_kubernetes_nor_kopf() -> None:
         "assert not heavy, heavy"
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def _pins(lock: Path) -> dict[str, str]:
+    pins = {}
+    for line in lock.read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonical(name)] = version.strip()
+    return pins
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_tests_run_what_the_locks_pin() -> None:
+    """The image's runtime lock and the test tools' lock pin disjoint sets, and the venv the
+    tests run in holds exactly those versions (bootstrap installs with both as constraints),
+    so a release on PyPI cannot change CI or make the tests differ from the image."""
+    runtime = _pins(REPO / "docker" / "requirements.lock")
+    tools = _pins(REPO / "hack" / "test-tools.lock")
+    assert runtime and tools and not set(runtime) & set(tools)
+    installed = {canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    wanted = runtime | tools
+    wrong = {n: (v, installed.get(n)) for n, v in wanted.items() if installed.get(n) != v}
+    assert not wrong, f"pinned vs installed: {wrong}; run bash hack/bootstrap.sh"
+    extra = set(installed) - set(wanted) - {"memoria-operator", "pip", "setuptools"}
+    assert not extra, f"installed but pinned nowhere: {sorted(extra)}"
