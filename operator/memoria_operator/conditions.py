@@ -33,6 +33,7 @@ LEADERSHIP_OK = "LeadershipOK"
 RECONCILE_ERROR = "ReconcileError"
 PROBES_ANSWER = "ProbesAnswer"
 UNHEALTHY = "Unhealthy"
+NOT_PROBED = "NotProbedYet"
 CONFLICT = "Conflict"
 OWNED = "Owned"
 
@@ -95,4 +96,10 @@ def ready(conditions: list[dict[str, Any]], generation: int) -> dict[str, Any]:
             return condition(
                 READY, False, str(found["reason"]), str(found.get("message", "")), generation
             )
+    if find(conditions, HEALTHY) is None:
+        # an available Deployment is not yet a region that answers: Ready waits for the
+        # leadership loop's first probe (it runs every retry interval)
+        return condition(
+            READY, False, NOT_PROBED, "waiting for the operator's first probe", generation
+        )
     return condition(READY, True, AVAILABLE, "region is running", generation)

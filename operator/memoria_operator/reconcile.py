@@ -267,13 +267,8 @@ class Reconciler:
         ok, reason, message = self._availability(region, deployment)
         updates.append(c.condition(c.DEPLOYMENT_AVAILABLE, ok, reason, message, gen))
         failing = [u for u in updates if u["status"] != "True"]
-        # Ready also sums up Healthy, which the leadership loop writes from its probes
-        healthy = c.find((region.status or {}).get("conditions") or [], c.HEALTHY)
-        ready = c.ready([*updates, *([healthy] if healthy else [])], gen)
-        updates.insert(0, ready)
-
-        self._write_status(region, body, updates, changed)
-        return ReconcileResult(not failing, updates, changed, ok)
+        written = self._write_status(region, body, updates, changed)
+        return ReconcileResult(not failing, written, changed, ok)
 
     def _availability(
         self, region: Region, deployment: dict[str, Any] | None
@@ -293,20 +288,26 @@ class Reconciler:
         body: dict[str, Any],
         updates: list[dict[str, Any]],
         changed: list[str],
-    ) -> None:
+    ) -> list[dict[str, Any]]:
+        """Write ``updates`` with Ready summed up from them and the status as read at the write
+        (the Healthy condition there is the leadership loop's newest; one from the body kopf
+        handed over may be older). Returns the conditions written, Ready first."""
         transitions: list[dict[str, Any]] = []
+        written: list[dict[str, Any]] = []
 
         def mutate(status: dict[str, Any]) -> None:
             transitions.clear()  # called again on a write conflict: count from the fresh read
             old = status.get("conditions") or []
-            for new in updates:
+            ready = c.ready(c.merge(old, updates), region.generation)
+            written[:] = [ready, *updates]
+            for new in written:
                 prev = c.find(old, new["type"])
                 if prev is None or (prev.get("status"), prev.get("reason")) != (
                     new["status"],
                     new["reason"],
                 ):
                     transitions.append(new)
-            status["conditions"] = c.merge(old, updates)
+            status["conditions"] = c.merge(old, written)
             status["observedGeneration"] = region.generation
             status["deployment"] = region.workload_name
             status["service"] = region.workload_name
@@ -328,3 +329,4 @@ class Reconciler:
                 )
             elif cond["status"] != "True" and cond["reason"] != c.PROGRESSING:
                 self.kube.event(body, "Warning", cond["reason"], cond["message"])
+        return written

@@ -108,7 +108,19 @@ def test_samples_become_deployments_services_and_ready(
         what="Ready b",
     )
     table = parse_table(kube.kubectl("get", "mreg", "-n", namespace).stdout)
-    assert {row["NAME"]: row["READY"] for row in table} == {"region-a": "True", "region-b": "True"}
+    seen = {row["NAME"]: row["READY"] for row in table}
+    assert seen == {"region-a": "True", "region-b": "True"}, (
+        seen,
+        {
+            name: (get(kube, "mreg", name, namespace) or {}).get("status", {}).get("conditions")
+            for name in ("region-a", "region-b")
+        },
+        {
+            name: ((d or {}).get("metadata", {}).get("generation"), (d or {}).get("status"))
+            for name in ("region-a", "region-b")
+            for d in [deployment(kube, namespace, name)]
+        },
+    )
     reg = get(kube, "mreg", "region-a", namespace)
     assert reg["status"]["observedGeneration"] == reg["metadata"]["generation"]
     wait_until(

@@ -194,7 +194,11 @@ def test_ready_sums_up_health_too() -> None:
         c.condition(c.CONFIG_VALID, True, c.VALID, "", 1),
         c.condition(c.DEPLOYMENT_AVAILABLE, True, c.AVAILABLE, "1/1", 1),
     ]
-    assert c.ready(ok, 1)["status"] == "True"
+    # an available Deployment alone is not Ready: nobody has asked the region yet
+    waiting = c.ready(ok, 1)
+    assert (waiting["status"], waiting["reason"]) == ("False", c.NOT_PROBED)
+    answered = [*ok, c.condition(c.HEALTHY, True, c.PROBES_ANSWER, "ok", 1)]
+    assert c.ready(answered, 1)["status"] == "True"
     sick = [*ok, c.condition(c.HEALTHY, False, c.UNHEALTHY, "cannot watch its Lease", 1)]
     ready = c.ready(sick, 1)
     assert (ready["status"], ready["reason"], ready["message"]) == (

@@ -133,12 +133,26 @@ def test_not_ready_until_the_deployment_is_available(
     make_available(kube)
     result = reconciler.reconcile(region(kube))
     assert result.ready and result.deployment_available
+    # available, but nobody has asked the region yet: the leadership loop's probe decides
+    ready = cond(kube, c.READY)
+    assert (ready["status"], ready["reason"]) == ("False", c.NOT_PROBED)
+    stale = region(kube)  # what kopf hands over next, from before the loop's write below
+    conditions = [
+        *stale["status"]["conditions"],
+        c.condition(c.HEALTHY, True, c.PROBES_ANSWER, "ok", 1),
+    ]
+    kube.merge_patch(
+        region_path(NS, "region-a") + "/status",
+        {"status": {"conditions": conditions}},
+    )
+    result = reconciler.reconcile(stale)
     ready = cond(kube, c.READY)
     assert (ready["status"], ready["reason"], ready["observedGeneration"]) == (
         "True",
         c.AVAILABLE,
         1,
     )
+    assert result.conditions[0] == ready
     assert reasons(kube).count("Ready") == 1
 
 
