@@ -5,7 +5,7 @@
 #
 # Unit tests alone (`bash hack/test.sh tests/unit -q`, or paths below tests/unit) need neither
 # servers nor Kubernetes binaries: the bootstrap is skipped while .venv is current for this
-# pyproject.toml, and otherwise installs only the virtualenv (none of the real node's Debian
+# pyproject.toml and the two locks (docker/requirements.lock, hack/test-tools.lock), and otherwise installs only the virtualenv (none of the real node's Debian
 # packages either: MEMORIA_NODE=0). With no arguments (what CI runs), the full bootstrap runs
 # first, as always.
 set -euo pipefail

@@ -103,3 +103,14 @@ def ready(conditions: list[dict[str, Any]], generation: int) -> dict[str, Any]:
             READY, False, NOT_PROBED, "waiting for the operator's first probe", generation
         )
     return condition(READY, True, AVAILABLE, "region is running", generation)
+
+
+# Ready reasons that are a normal step, not a problem: no Event when Ready turns to them
+QUIET_REASONS = (PROGRESSING, NOT_PROBED)
+
+
+def ready_changed(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
+    """Whether a write of Ready is worth an Event: its status or reason changed, to anything
+    but a quiet reason (a rollout under way, the first probe pending)."""
+    old = ((before or {}).get("status"), (before or {}).get("reason"))
+    return old != (after["status"], after["reason"]) and after["reason"] not in QUIET_REASONS

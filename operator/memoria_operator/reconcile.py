@@ -302,7 +302,10 @@ class Reconciler:
             written[:] = [ready, *updates]
             for new in written:
                 prev = c.find(old, new["type"])
-                if prev is None or (prev.get("status"), prev.get("reason")) != (
+                if new["type"] == c.READY:
+                    if c.ready_changed(prev, new):
+                        transitions.append(new)
+                elif prev is None or (prev.get("status"), prev.get("reason")) != (
                     new["status"],
                     new["reason"],
                 ):
@@ -318,8 +321,6 @@ class Reconciler:
             log.info("%s: %s", region.key, what)
         for cond in transitions:
             if cond["type"] == c.READY:
-                if cond["reason"] == c.PROGRESSING:
-                    continue  # a rollout under way is not a problem worth an Event
                 kind: EventType = "Normal" if cond["status"] == "True" else "Warning"
                 self.kube.event(
                     body,

@@ -138,10 +138,17 @@ class CrossCluster:
         # that a busy API server's answer counts as a lost vote
         timeout = min(max(cfg.retry_interval_seconds, 1.0), cfg.renew_interval_seconds)
         self.peers = Peers(cfg.peers_dir, timeout)
-        # this cluster's Lease is read and written with the same short bound as the peers',
-        # on a client of its own that never resends
-        self.own = Kube(single_try(_own_api(manager.kube.api)), timeout=timeout)
+        self._timeout = timeout
+        self._own: Kube | None = None
         self.states: dict[tuple[str, str], QuorumState] = {}
+
+    @property
+    def own(self) -> Kube:
+        """This cluster's Lease is read and written with the same short bound as the peers',
+        on a client of its own that never resends (made when a group first needs it)."""
+        if self._own is None:
+            self._own = Kube(single_try(_own_api(self.manager.kube.api)), timeout=self._timeout)
+        return self._own
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -172,17 +172,21 @@ def _answer_promotions(view: GroupView, facts: LeaseFacts) -> tuple[dict[str, Ac
     return acks, target
 
 
-def _blip(view: GroupView, new: Region) -> bool:
-    """A handover's target that may lead and has been unhealthy for less than its own failover
-    bound is waited for rather than given up: a rollout (an env region on either side) lasts
-    seconds on a machine busy starting pods, and an operator that has just started (a new pod
-    finishing its predecessor's switchover) judges the target before its watch has delivered
-    the target's Deployment. Past the bound the handover is abandoned and the usual failover
-    rules pick a leader, so a target that is really down costs no more than a failover."""
+def _blip(view: GroupView, new: Region, old: Region | None) -> bool:
+    """Whether a handover's unhealthy target is waited for (up to its own failover bound)
+    rather than given up. Two cases: a handover that involves a rollout (an env region on
+    either side) lasts seconds on a machine busy starting pods, so a missed probe is expected;
+    and an operator that has never seen the target answer (a new pod finishing its
+    predecessor's switchover, whose watch has not delivered the target's Deployment yet) knows
+    nothing against it. A target this operator has seen answer and then fail is given up at
+    once, and the usual rules pick another leader."""
     if not new.may_lead:
         return False
     health = view.health.get(new.key)
     if health is None or health.healthy:
+        return False
+    rollout = new.env_control or (old is not None and old.env_control)
+    if not rollout and health.last_ok is not None:
         return False
     return view.mono - health.since < new.spec.failover.unhealthy_after_seconds
 
@@ -192,7 +196,7 @@ def _continue_handover(view: GroupView, facts: LeaseFacts) -> Decision:
     old = facts.handover_from
     reason = facts.reason or TransitionReason.SWITCHOVER
     old_region = view.regions.get(old or "")
-    if new is not None and _blip(view, new):
+    if new is not None and _blip(view, new, old_region):
         return _keep(f"waiting for {new.key} to answer again before it takes over")
     if new is None or _refusal(view, new, False) is not None:
         return Decision(

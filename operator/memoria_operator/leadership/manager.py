@@ -139,7 +139,12 @@ class LeadershipManager:
         )
         health = {r.key: h for r, h in zip(all_regions, checks, strict=True)}
         for (namespace, group), members in regions.items():
-            await self.step(namespace, group, members, health)
+            try:
+                await self.step(namespace, group, members, health)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one group's trouble (a Lease it may not read) stops no other
+                log.exception("leadership step for group %s/%s failed; retrying", namespace, group)
 
     async def step(
         self, namespace: str, group: str, members: dict[str, Region], health: dict[str, Health]
@@ -338,13 +343,13 @@ class LeadershipManager:
             before = c.find(status.get("conditions") or [], c.READY)
             status["conditions"] = c.merge(status.get("conditions") or [], [cond, *fresh])
             after = c.find(status["conditions"], c.READY)
-            if after is not None and (before or {}).get("status") != after["status"]:
+            if after is not None and c.ready_changed(before, after):
                 flipped.append(after)
 
         self.kube.update_status(region.namespace, region.name, mutate)
         if region.key not in self.regions:
             return
-        for ready in flipped:  # the reconciler's rule: an Event when Ready flips
+        for ready in flipped:  # the reconciler's rule: an Event when Ready changes
             up = ready["status"] == "True"
             self.kube.event(
                 self.regions[region.key],

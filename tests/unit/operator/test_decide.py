@@ -8,6 +8,7 @@ been unhealthy.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -88,8 +89,10 @@ def healthy(*, leading: bool | None = None) -> Health:
 
 
 def unhealthy(for_seconds: float, *, leading: bool | None = None) -> Health:
+    """Unhealthy since its last good probe, ``for_seconds`` ago."""
+    since = MONO - for_seconds
     return Health(
-        False, "http://x/healthz unreachable", MONO - for_seconds, "2026-01-01T11:59:00Z", leading
+        False, "http://x/healthz unreachable", since, "2026-01-01T11:59:00Z", leading, since
     )
 
 
@@ -795,10 +798,10 @@ def test_handover_is_abandoned_when_the_target_is_gone() -> None:
     [
         (make_region("b", fenced=True), healthy()),
         (make_region("b", scheduler=False), healthy()),
-        (make_region("b"), unhealthy(10)),
+        (make_region("b"), unhealthy(1)),
         (make_region("b"), None),
     ],
-    ids=["fenced", "scheduler-disabled", "unhealthy-for-its-bound", "not-probed"],
+    ids=["fenced", "scheduler-disabled", "unhealthy", "not-probed"],
 )
 def test_handover_is_abandoned_when_the_target_may_no_longer_lead(
     target: Region, target_health: Health | None
@@ -814,10 +817,18 @@ def test_handover_is_abandoned_when_the_target_may_no_longer_lead(
 def test_a_target_unhealthy_for_less_than_its_bound_is_waited_for(old_health: Health) -> None:
     """An operator pod that takes over mid-switchover judges the target before its watch has
     delivered the target's Deployment: giving up then turned the switchover into a failover."""
-    states = {"a": old_health, "b": unhealthy(9.9)}
+    never_answered = replace(unhealthy(9.9), last_ok=None)
+    states = {"a": old_health, "b": never_answered}
     d = decide(view([make_region("a"), make_region("b")], states, handover_lease("b", "a")))
     assert (d.kind, d.holder) == ("keep", None)
     assert d.message == "waiting for prod/b to answer again before it takes over"
+    # seen answering, then failing: given up at once, another leader is picked as usual
+    states["b"] = unhealthy(1)
+    d = decide(view([make_region("a"), make_region("b")], states, handover_lease("b", "a")))
+    assert (d.kind, d.reason) == ("release", "Released")
+    states["b"] = replace(unhealthy(10), last_ok=None)  # never answered, for its whole bound
+    d = decide(view([make_region("a"), make_region("b")], states, handover_lease("b", "a")))
+    assert (d.kind, d.reason) == ("release", "Released")
     states["b"] = healthy()
     d = decide(view([make_region("a"), make_region("b")], states, handover_lease("b", "a")))
     if old_health.leading is False:

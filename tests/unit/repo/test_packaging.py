@@ -64,16 +64,40 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _closure(extras: set[str]) -> set[str]:
+    """The distributions the project with ``extras`` needs, transitively, as installed here."""
+    from packaging.requirements import Requirement
+
+    wanted: set[str] = set()
+    todo = [("memoria-operator", frozenset(extras))]
+    while todo:
+        name, with_extras = todo.pop()
+        for line in metadata.requires(name) or []:
+            req = Requirement(line)
+            env_extras = with_extras or {""}
+            if req.marker and not any(req.marker.evaluate({"extra": e}) for e in env_extras):
+                continue
+            key = canonical(req.name)
+            if key not in wanted:
+                wanted.add(key)
+                todo.append((req.name, frozenset(req.extras)))
+    return wanted
+
+
 def test_the_tests_run_what_the_locks_pin() -> None:
-    """The image's runtime lock and the test tools' lock pin disjoint sets, and the venv the
-    tests run in holds exactly those versions (bootstrap installs with both as constraints),
-    so a release on PyPI cannot change CI or make the tests differ from the image."""
+    """The image's runtime lock and the test tools' lock pin disjoint sets, everything the
+    project and its test tools need is pinned in one of them, and the venv the tests run in
+    holds exactly those versions (bootstrap installs with both as constraints), so a release on
+    PyPI cannot change CI or make the tests differ from the image."""
     runtime = _pins(REPO / "docker" / "requirements.lock")
     tools = _pins(REPO / "hack" / "test-tools.lock")
     assert runtime and tools and not set(runtime) & set(tools)
+    pinned = runtime | tools
+    unpinned = _closure({"test"}) - set(pinned)
+    assert not unpinned, f"needed but pinned nowhere: {sorted(unpinned)}"
     installed = {canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
-    wanted = runtime | tools
-    wrong = {n: (v, installed.get(n)) for n, v in wanted.items() if installed.get(n) != v}
-    assert not wrong, f"pinned vs installed: {wrong}; run bash hack/bootstrap.sh"
-    extra = set(installed) - set(wanted) - {"memoria-operator", "pip", "setuptools"}
-    assert not extra, f"installed but pinned nowhere: {sorted(extra)}"
+    wrong = {n: (v, installed.get(n)) for n, v in pinned.items() if installed.get(n) != v}
+    assert not wrong, (
+        f"pinned vs installed: {wrong}; a fresh venv holds the pins: "
+        "rm -rf .venv && bash hack/bootstrap.sh"
+    )
