@@ -4,10 +4,10 @@
 # local Kubernetes control plane). Extra arguments go to pytest.
 #
 # Unit tests alone (`bash hack/test.sh tests/unit -q`, or paths below tests/unit) need neither
-# servers nor Kubernetes binaries: the bootstrap is skipped while .venv is current for this
-# pyproject.toml and the two locks (docker/requirements.lock, hack/test-tools.lock), and otherwise installs only the virtualenv (none of the real node's Debian
-# packages either: MEMORIA_NODE=0). With no arguments (what CI runs), the full bootstrap runs
-# first, as always.
+# servers nor Kubernetes binaries: only the bootstrap's virtualenv step runs (none of the real
+# node's Debian packages either: MEMORIA_NODE=0), and it installs nothing while .venv is current
+# for pyproject.toml and the two locks. With no arguments (what CI runs), the full bootstrap
+# runs first, as always.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,12 +19,8 @@ for arg in "$@"; do
     *) unit_only=0 && break ;;
   esac
 done
-# the stamp hack/bootstrap.sh leaves once .venv holds the project as pyproject.toml and the
-# two locks say
-stamp=.venv/.installed-$(cat pyproject.toml docker/requirements.lock hack/test-tools.lock | sha256sum | cut -c1-16)
-if ((unit_only)) && [[ -f $stamp ]]; then
-  echo "== unit tests only and .venv is current: no bootstrap" >&2
-elif ((unit_only)); then
+if ((unit_only)); then
+  # bootstrap.sh alone knows when .venv is current (its stamp covers pyproject.toml and the locks)
   MEMORIA_NODE=0 MEMORIA_BOOTSTRAP_PYTHON_ONLY=1 bash hack/bootstrap.sh
 else
   bash hack/bootstrap.sh
