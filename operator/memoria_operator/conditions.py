@@ -8,7 +8,10 @@ what the troubleshooting guide is organised by.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .kube import EventType
 
 # types
 READY = "Ready"
@@ -114,3 +117,11 @@ def ready_changed(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
     but a quiet reason (a rollout under way, the first probe pending)."""
     old = ((before or {}).get("status"), (before or {}).get("reason"))
     return old != (after["status"], after["reason"]) and after["reason"] not in QUIET_REASONS
+
+
+def ready_event(ready: dict[str, Any]) -> tuple[EventType, str, str]:
+    """(type, reason, message) of the Event for a Ready condition worth one: Normal "Ready" when
+    it is True, else a Warning with its reason."""
+    if ready["status"] == "True":
+        return "Normal", "Ready", str(ready["message"])
+    return "Warning", str(ready["reason"]), str(ready["message"])

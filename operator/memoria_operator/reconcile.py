@@ -24,7 +24,7 @@ from typing import Any
 from memoria.contract import POSTGRES_URL_SCHEMES, url_scheme_problem
 
 from . import conditions as c
-from .kube import Conflict, EventType, Kube, path_for
+from .kube import Conflict, Kube, path_for
 from .metrics import OperatorMetrics
 from .model import Region, config_problems
 from .render import deployment_scheduler_on, render_all, secret_refs
@@ -321,13 +321,7 @@ class Reconciler:
             log.info("%s: %s", region.key, what)
         for cond in transitions:
             if cond["type"] == c.READY:
-                kind: EventType = "Normal" if cond["status"] == "True" else "Warning"
-                self.kube.event(
-                    body,
-                    kind,
-                    "Ready" if cond["status"] == "True" else cond["reason"],
-                    cond["message"],
-                )
+                self.kube.event(body, *c.ready_event(cond))
             elif cond["status"] != "True" and cond["reason"] != c.PROGRESSING:
                 self.kube.event(body, "Warning", cond["reason"], cond["message"])
         return written

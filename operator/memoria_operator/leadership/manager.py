@@ -350,13 +350,7 @@ class LeadershipManager:
         if region.key not in self.regions:
             return
         for ready in flipped:  # the reconciler's rule: an Event when Ready changes
-            up = ready["status"] == "True"
-            self.kube.event(
-                self.regions[region.key],
-                "Normal" if up else "Warning",
-                "Ready" if up else str(ready["reason"]),
-                str(ready["message"]),
-            )
+            self.kube.event(self.regions[region.key], *c.ready_event(ready))
         self._post(
             region_events(decision, region.key, conflict_reported=region.key in self._conflicts)
         )
