@@ -1,11 +1,12 @@
 """The I/O of leadership across clusters: read every cluster's vote, :func:`~.quorum.decide_quorum`
-one step, write the votes it names, and tell this cluster's regions (status, Events, the group's
-write endpoint).
+one step, write the votes it names, then hand the outcome to :mod:`.quorumstatus`, which tells
+this cluster's regions (status, Events, the group's write endpoint).
 
-Each peer cluster is reached with a kubeconfig mounted under ``MEMORIA_OPERATOR_PEERS_DIR/<name>/
-kubeconfig`` (the chart mounts one Secret per peer there). A peer's credentials need nothing but
-get/update on the group's Lease in the group's namespace; every call to a peer is bounded by the
-retry interval, so a cut link costs one retry interval, never a stuck loop.
+Each peer cluster is reached through :class:`.peers.Peers`, from a kubeconfig mounted under
+``MEMORIA_OPERATOR_PEERS_DIR/<name>/kubeconfig`` (the chart mounts one Secret per peer there).
+A peer's credentials need nothing but get/update on the group's Lease in the group's namespace;
+every call to a peer is bounded by the retry interval, so a cut link costs one retry interval,
+never a stuck loop.
 """
 
 from __future__ import annotations
@@ -16,15 +17,15 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memoria.contract import REASON_ANNOTATION, lease_name
 
 from ..kube import Conflict, Kube, path_for
 from ..model import Region
-from .decide import Ack, AckReason, Decision, DecisionKind, GroupView
+from .decide import Ack, AckReason
 from .lease import API_VERSION, MANAGED_BY, TransitionReason, empty_lease
+from .peers import Peers, own_api, quorum_problem, single_try, why_failed
 from .quorum import (
     Plan,
     QuorumDecision,
@@ -38,93 +39,13 @@ from .quorum import (
     taken_vote,
     term,
 )
-from .status import lease_status
+from .quorumstatus import publish_group
 
 if TYPE_CHECKING:
     from ..health import Health
     from .manager import LeadershipManager
 
 log = logging.getLogger("memoria_operator.leadership.quorum")
-
-
-class Peers:
-    """API clients for the peer clusters, loaded from their mounted kubeconfigs (again whenever
-    the file changes: a rotated Secret is picked up without a restart)."""
-
-    def __init__(self, directory: str, timeout: float) -> None:
-        self.directory = Path(directory)
-        self.timeout = timeout
-        self._clients: dict[str, tuple[float, Kube]] = {}
-
-    def client(self, cluster: str) -> Kube | str:
-        """The peer's client, or why there is none."""
-        path = self.directory / cluster / "kubeconfig"
-        try:
-            mtime = path.stat().st_mtime
-        except OSError:
-            return f"no credentials for cluster {cluster} (expected {path})"
-        cached = self._clients.get(cluster)
-        if cached is not None and cached[0] == mtime:
-            return cached[1]
-        from memoria.contract import load_api_client
-
-        try:
-            api = single_try(load_api_client(str(path)))
-            kube = Kube(api, timeout=self.timeout, liveness=False)
-        except Exception as exc:  # a bad kubeconfig: say which, not its contents
-            return (
-                f"credentials for cluster {cluster} in {path} cannot be used ({type(exc).__name__})"
-            )
-        self._clients[cluster] = (mtime, kube)
-        return kube
-
-
-def single_try(api: Any) -> Any:
-    """``api`` with urllib3's resending of failed requests turned off. A vote is written with
-    a compare-and-set: a PUT resent after a lost answer comes back 409 although the first one
-    landed, and a resent GET to a cut-off peer multiplies the time the round waits."""
-    pool = api.rest_client.pool_manager
-    pool.request = partial(pool.request, retries=False)
-    return api
-
-
-def _own_api(shared: Any) -> Any:
-    """A client of its own for this cluster's API, with the shared one's configuration."""
-    from kubernetes import client
-
-    return client.ApiClient(configuration=shared.configuration)
-
-
-def quorum_problem(members: dict[str, Region], cluster_name: str) -> str | None:
-    """Why this operator cannot take part in the group as its regions describe it, if it cannot."""
-    specs = {
-        (r.spec.quorum.cluster, tuple(r.spec.quorum.clusters)) if r.spec.quorum else None
-        for r in members.values()
-    }
-    if None in specs:
-        return "some regions of the group set spec.quorum and others do not; set it on all"
-    if len(specs) > 1:
-        return "the group's regions disagree on spec.quorum (cluster and clusters must match)"
-    if not cluster_name:
-        return (
-            "spec.quorum is set but this operator has no cluster name "
-            "(chart value federation.cluster, env MEMORIA_OPERATOR_CLUSTER_NAME)"
-        )
-    env = sorted(r.name for r in members.values() if r.env_control)
-    if env:
-        return (
-            f"spec.scheduler.control: env is not supported with spec.quorum ({', '.join(env)}): "
-            "leadership across clusters reaches the pods through the Lease they watch; use "
-            "control: lease"
-        )
-    quorum = next(iter(members.values())).spec.quorum
-    assert quorum is not None
-    if quorum.cluster != cluster_name:
-        return (
-            f"spec.quorum.cluster is {quorum.cluster!r} but this operator runs in cluster "
-            f"{cluster_name!r}"
-        )
-    return None
 
 
 class CrossCluster:
@@ -147,7 +68,7 @@ class CrossCluster:
         """This cluster's Lease is read and written with the same short bound as the peers',
         on a client of its own that never resends (made when a group first needs it)."""
         if self._own is None:
-            self._own = Kube(single_try(_own_api(self.manager.kube.api)), timeout=self._timeout)
+            self._own = Kube(single_try(own_api(self.manager.kube.api)), timeout=self._timeout)
         return self._own
 
     # -- reading ---------------------------------------------------------------------------
@@ -162,7 +83,7 @@ class CrossCluster:
         try:
             return client.get(path), None
         except Exception as exc:
-            return None, _why(exc)
+            return None, why_failed(exc)
 
     async def _votes(
         self, namespace: str, group: str, clusters: list[str], state: QuorumState
@@ -190,7 +111,7 @@ class CrossCluster:
                 path_for(API_VERSION, "Lease", namespace, lease_name(group)),
             )
         except Exception as exc:
-            return None, _why(exc)
+            return None, why_failed(exc)
 
     # -- one step --------------------------------------------------------------------------
 
@@ -211,7 +132,9 @@ class CrossCluster:
             own, votes, acks, message = await self._step(namespace, group, members, health, state)
         await asyncio.to_thread(
             partial(
-                self._publish,
+                publish_group,
+                self.manager,
+                state,
                 namespace=namespace,
                 group=group,
                 members=members,
@@ -514,7 +437,7 @@ class CrossCluster:
             try:
                 return client.replace(path, body)
             except Exception as exc:
-                log.info("vote in cluster %s not written: %s", cluster, _why(exc))
+                log.info("vote in cluster %s not written: %s", cluster, why_failed(exc))
                 return None
 
         items = list(bodies.items())
@@ -579,87 +502,6 @@ class CrossCluster:
         if body is not None:
             self.manager.kube.event(body, type_, reason, message)  # type: ignore[arg-type]
 
-    def _publish(
-        self,
-        *,
-        namespace: str,
-        group: str,
-        members: dict[str, Region],
-        health: dict[str, Health],
-        own: dict[str, Any] | None,
-        votes: dict[str, Vote],
-        message: str,
-        acks: dict[str, Ack],
-        misconfigured: bool = False,
-    ) -> None:
-        leadership = lease_status(group, own)
-        holder = leadership["holder"]
-        count = sum(1 for v in votes.values() if v.reachable and holder and v.holder == holder)
-        leadership["quorum"] = {
-            "cluster": self.config.cluster_name,
-            "votes": f"{count}/{len(votes)}" if votes else "",
-            "clusters": [
-                {
-                    "name": c,
-                    "reachable": v.reachable,
-                    "holder": v.holder or "",
-                    "transitions": v.token,
-                    **({"message": _vote_message(v, group)} if _vote_message(v, group) else {}),
-                }
-                for c, v in votes.items()
-            ],
-        }
-        if len(votes) == 2:
-            leadership["quorum"]["message"] = (
-                "two clusters: a majority is both, so losing either stops the decrement until "
-                "it returns; add a third cluster as witness (docs/install-across-clusters.md)"
-            )
-        local_holder = next((r for r in members.values() if r.identity == holder), None)
-        serving = None
-        view = GroupView(
-            namespace=namespace,
-            group=group,
-            lease=own,
-            regions=members,
-            health=health,
-            now=dt.datetime.now(dt.UTC),
-            mono=time.monotonic(),
-            renew_interval=self.config.renew_interval_seconds,
-        )
-        if local_holder is not None and view.healthy(local_holder.key):
-            serving = local_holder.key
-        self.manager.label_serving(view, serving)
-        leadership["service"] = f"memoria-{group}-rw"
-        leadership["serving"] = serving.split("/", 1)[1] if serving else ""
-        decision = Decision(
-            kind=DecisionKind.KEEP,
-            message=message,
-            acks=acks,
-            conflict=list(members) if misconfigured else [],
-        )
-        state = self.states.setdefault((namespace, group), QuorumState())
-        if holder != (state.last_holder or "") and own is not None:
-            for region in members.values():
-                body = self.manager.regions.get(region.key)
-                if body is not None:
-                    self.manager.kube.event(
-                        body,
-                        "Normal",
-                        "GroupLeaderChanged",
-                        f"the group's leader is now {holder or 'nobody'} "
-                        f"({leadership.get('lastTransitionReason', '')}, fencing token "
-                        f"{leadership['transitions']}; votes {leadership['quorum']['votes']})",
-                    )
-            state.last_holder = holder
-        self.manager.metrics.set_holder(
-            namespace,
-            group,
-            [r.name for r in members.values()],
-            holder.rsplit("/", 1)[-1] if holder else None,
-        )
-        for region in members.values():
-            self.manager.publish_region(view, decision, region, leadership)
-
 
 @dataclass(frozen=True, kw_only=True)
 class _Round:
@@ -700,18 +542,6 @@ def _reason(decision: QuorumDecision) -> TransitionReason:
     return decision.reason or TransitionReason.RELEASED
 
 
-def _vote_message(vote: Vote, group: str) -> str:
-    """Why a cluster's vote does not count, if it cannot: unreadable, or never created."""
-    if vote.error:
-        return vote.error
-    if vote.lease is None:
-        return (
-            f"Lease {lease_name(group)} does not exist in cluster {vote.cluster}: its operator "
-            "creates it when it runs a region of the group; for a witness, create it by hand"
-        )
-    return ""
-
-
 def _reason_of(vote: Vote) -> TransitionReason:
     return (
         TransitionReason.recorded(vote.annotations.get(REASON_ANNOTATION))
@@ -724,13 +554,3 @@ def _merged(view: QuorumView, written: dict[str, dict[str, Any]]) -> dict[str, V
         c: (Vote(cluster=c, lease=written[c], unchanged_for=0.0) if c in written else v)
         for c, v in view.votes.items()
     }
-
-
-def _why(exc: Exception) -> str:
-    """A short reason for a failed call to an API server (never a credential)."""
-    status = getattr(exc, "status", None)
-    if isinstance(exc, Conflict):
-        return "changed since it was read (conflict)"
-    if status:
-        return f"HTTP {status} {getattr(exc, 'reason', '')}".strip()
-    return type(exc).__name__
