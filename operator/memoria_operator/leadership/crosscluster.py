@@ -33,13 +33,10 @@ from .quorum import (
     QuorumView,
     Vote,
     decide_quorum,
-    emptied_vote,
-    renewed_vote,
-    requested_vote,
-    taken_vote,
     term,
 )
 from .quorumstatus import publish_group
+from .votes import emptied_vote, renewed_vote, requested_vote, taken_vote
 
 if TYPE_CHECKING:
     from ..health import Health

@@ -25,12 +25,12 @@ a single cluster. The argument for why two regions never both lead is in docs/le
   peers' votes are released only once the region said it stopped or ``D`` has passed since its
   grant was last extended.
 
-This module is the pure part: reading votes and deciding one step. :mod:`.manager` does the I/O.
+This module is the pure part: reading votes and deciding one step. :mod:`.votes` builds the
+Lease bodies a step writes; :mod:`.crosscluster` does the I/O.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 from dataclasses import dataclass, field
@@ -42,7 +42,7 @@ from memoria.contract import HANDOVER_ANNOTATION, REASON_ANNOTATION
 from ..config import GROUP
 from ..health import Health
 from ..model import Region
-from .lease import TransitionReason, micro_time
+from .lease import TransitionReason
 
 # on a vote: a switchover asked for in another cluster, "<identity> <request value>"
 PROMOTE_REQUEST_ANNOTATION = f"{GROUP}/promote-request"
@@ -418,76 +418,3 @@ def _forwards(view: QuorumView) -> list[tuple[str, str]]:
         if region.may_lead and view.healthy(region):
             out.append((region.identity, value))
     return out
-
-
-# -- the Lease bodies a plan writes ----------------------------------------------------------
-
-
-def renewed_vote(
-    lease: dict[str, Any], *, now: dt.datetime, grant: int, extend: bool
-) -> dict[str, Any]:
-    """The holder's vote after a renewal round started at ``now``."""
-    spec = dict(lease.get("spec") or {})
-    if extend:
-        spec.update(leaseDurationSeconds=grant, renewTime=micro_time(now))
-    return _with(lease, spec, {RENEWED_ANNOTATION: micro_time(now)})
-
-
-def taken_vote(
-    lease: dict[str, Any],
-    *,
-    holder: str,
-    token: int,
-    now: dt.datetime,
-    grant: int,
-    reason: TransitionReason,
-) -> dict[str, Any]:
-    spec = {
-        **(lease.get("spec") or {}),
-        "holderIdentity": holder,
-        "leaseTransitions": token,
-        "acquireTime": micro_time(now),
-        "renewTime": micro_time(now),
-        "leaseDurationSeconds": grant,
-    }
-    return _with(
-        lease,
-        spec,
-        {RENEWED_ANNOTATION: micro_time(now), REASON_ANNOTATION: str(reason)},
-        drop=(HANDOVER_ANNOTATION, PROMOTE_REQUEST_ANNOTATION),
-    )
-
-
-def emptied_vote(
-    lease: dict[str, Any], *, target: str | None, reason: TransitionReason, now: dt.datetime
-) -> dict[str, Any]:
-    """The vote released by its holder (renewTime kept: when the old grant ran out)."""
-    spec = {k: v for k, v in (lease.get("spec") or {}).items() if k != "holderIdentity"}
-    extra = {REASON_ANNOTATION: str(reason), RENEWED_ANNOTATION: micro_time(now)}
-    drop: tuple[str, ...] = (PROMOTE_REQUEST_ANNOTATION,)
-    if target:
-        extra[HANDOVER_ANNOTATION] = target
-    else:
-        drop += (HANDOVER_ANNOTATION,)
-    return _with(lease, spec, extra, drop=drop)
-
-
-def requested_vote(lease: dict[str, Any], identity: str, value: str, token: int) -> dict[str, Any]:
-    """The vote carrying a switchover request, valid in the term of ``token`` only."""
-    spec = dict(lease.get("spec") or {})
-    request = {"identity": identity, "value": value, "token": token}
-    return _with(lease, spec, {PROMOTE_REQUEST_ANNOTATION: json.dumps(request, sort_keys=True)})
-
-
-def _with(
-    lease: dict[str, Any],
-    spec: dict[str, Any],
-    annotations: dict[str, str],
-    *,
-    drop: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    meta = dict(lease.get("metadata") or {})
-    merged = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in drop}
-    merged.update(annotations)
-    meta["annotations"] = merged
-    return {**lease, "metadata": meta, "spec": spec}

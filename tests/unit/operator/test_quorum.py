@@ -20,11 +20,9 @@ from memoria_operator.leadership.quorum import (
     QuorumView,
     Vote,
     decide_quorum,
-    emptied_vote,
     grant_seconds,
-    requested_vote,
-    taken_vote,
 )
+from memoria_operator.leadership.votes import emptied_vote, requested_vote, taken_vote
 from memoria_operator.model import Region
 
 NS = "memoria"
