@@ -112,6 +112,19 @@ class FakeKube(Kube):
         created: dict[str, Any] = self.request("POST", path, body=obj)
         return created
 
+    def mark_available(self, namespace: str, deployment: str) -> None:
+        """Report the Deployment available, as the deployment controller would once its pods
+        are up."""
+        self.merge_patch(
+            f"{path_for('apps/v1', 'Deployment', namespace, deployment)}/status",
+            {
+                "status": {
+                    "availableReplicas": 1,
+                    "conditions": [{"type": "Available", "status": "True"}],
+                }
+            },
+        )
+
     def find(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
         """The stored object (a copy); KeyError when there is none."""
         return _copy(self.objects[path_for(api_version, kind, namespace, name)])

@@ -32,15 +32,7 @@ def deployed(kube: FakeKube, reconciler: Reconciler, name: str, group: str = "de
     manifest = region_manifest(name, group=group)
     manifest["metadata"]["namespace"] = NS
     reconciler.reconcile(kube.put(manifest))
-    kube.merge_patch(
-        f"/apis/apps/v1/namespaces/{NS}/deployments/memoria-{name}/status",
-        {
-            "status": {
-                "availableReplicas": 1,
-                "conditions": [{"type": "Available", "status": "True"}],
-            }
-        },
-    )
+    kube.mark_available(NS, f"memoria-{name}")
     reconciler.reconcile(kube.find(API_VERSION, KIND, NS, name))
 
 

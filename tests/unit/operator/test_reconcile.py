@@ -61,19 +61,6 @@ def reasons(kube: FakeKube, name: str = "region-a") -> list[str]:
     return [e["reason"] for e in kube.events(NS, name)]
 
 
-def make_available(kube: FakeKube, name: str = "region-a") -> None:
-    """What the deployment controller would write once the pods are up."""
-    kube.merge_patch(
-        f"/apis/apps/v1/namespaces/{NS}/deployments/memoria-{name}/status",
-        {
-            "status": {
-                "availableReplicas": 1,
-                "conditions": [{"type": "Available", "status": "True"}],
-            }
-        },
-    )
-
-
 def add_secret(kube: FakeKube, name: str, **data: str) -> None:
     encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
     kube.put(
@@ -130,7 +117,7 @@ def test_not_ready_until_the_deployment_is_available(
     assert (ready["status"], ready["reason"]) == ("False", c.PROGRESSING)
     assert "Ready" not in reasons(kube)  # a rollout under way is worth no Event
 
-    make_available(kube)
+    kube.mark_available(NS, "memoria-region-a")
     result = reconciler.reconcile(region(kube))
     assert result.ready and result.deployment_available
     # available, but nobody has asked the region yet: the leadership loop's probe decides
@@ -189,7 +176,7 @@ def test_pods_that_cannot_start_are_named_in_the_condition(
 
 def test_a_second_reconcile_changes_nothing(kube: FakeKube, reconciler: Reconciler) -> None:
     reconciler.reconcile(add_region(kube))
-    make_available(kube)
+    kube.mark_available(NS, "memoria-region-a")
     reconciler.reconcile(region(kube))
     before, events = versions(kube), reasons(kube)
 
@@ -239,7 +226,7 @@ def test_a_config_problem_is_a_condition_and_deploys_nothing(
 
 def test_a_config_problem_leaves_what_runs_alone(kube: FakeKube, reconciler: Reconciler) -> None:
     reconciler.reconcile(add_region(kube))
-    make_available(kube)
+    kube.mark_available(NS, "memoria-region-a")
     before = deployment(kube)
     kube.merge_patch(
         region_path(NS, "region-a"), {"spec": {"role": "leader", "scheduler": {"enabled": False}}}
